@@ -1,0 +1,467 @@
+"""[`Agent`][miniagent.agent.Agent]: instructions, tools, a model and an output type, run as a loop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar, cast, overload
+
+from .._utils import SYSTEM_CLOCK, Clock, run_until_complete
+from ..errors import UserError
+from ..events import AgentEvent
+from ..messages import ModelMessage
+from ..models import Model, ModelRequestParameters, ModelSettings, infer_model
+from ..tools import Tool, ToolFunc
+from ..usage import Usage, UsageLimits
+from ._output import OutputSchema, check_output_type
+from ._result import RunResult
+from ._run import AgentRun, EventSink
+from ._stream import StreamedRun
+
+__all__ = ["Agent", "RunResult", "StreamedRun"]
+
+DepsT = TypeVar("DepsT")
+OutputT = TypeVar("OutputT")
+F = TypeVar("F", bound=ToolFunc)
+
+_DEFAULT_LIMITS = UsageLimits()
+
+
+class Agent(Generic[DepsT, OutputT]):
+    """An LLM agent: instructions, typed tools, a model and an output type.
+
+    Construction is cheap (nothing is resolved or loaded until the first run), so agents can be made per request.
+
+    Example:
+        ```python
+        from miniagent import Agent
+        from miniagent.testing import ScriptedModel, tool_call_response
+
+        agent = Agent(
+            model=ScriptedModel([tool_call_response(("get_weather", {"city": "Paris"})), "Sunny in Paris."]),
+            instructions="You are a helpful assistant.",
+        )
+
+        @agent.tool
+        def get_weather(city: str) -> str:
+            '''Current weather for a city.'''
+            return f"Sunny in {city}"
+
+        result = agent.run_sync("What's the weather in Paris?")
+        assert result.output == "Sunny in Paris."
+        ```
+
+    Args:
+        model: A [`Model`][miniagent.models.Model], a string such as `'openai:gpt-4o-mini'`, or `None` for the
+            configured default (the bundled local model unless `MINIAGENT_DEFAULT_MODEL` says otherwise).
+        instructions: The system prompt.
+        name: A name for events and logs.
+        tools: Functions or [`Tool`][miniagent.tools.Tool]s the model may call.
+        output_type: `str` for text, or a type (pydantic model, dataclass, `list[int]`...) for validated output.
+        deps_type: The type of `deps` passed to runs, for type checkers only.
+        retries: How often a tool's invalid arguments are sent back to the model before the run fails.
+        output_retries: How often an invalid final answer is sent back; defaults to `retries`.
+        max_steps: Most model requests per run (a shortcut for `UsageLimits(request_limit=...)`).
+        usage_limits: Limits on requests, tokens and tool calls per run.
+        tool_timeout: Default timeout of a tool call in seconds; a hung tool never hangs a run.
+        model_settings: Sampling settings for every request.
+        clock: The clock for timeouts and durations (tests inject `ManualClock`).
+    """
+
+    __slots__ = (
+        "_model_spec",
+        "_model",
+        "_override_model",
+        "instructions",
+        "name",
+        "output_type",
+        "retries",
+        "output_retries",
+        "usage_limits",
+        "tool_timeout_s",
+        "model_settings",
+        "clock",
+        "_tools",
+        "_schema",
+        "_params",
+    )
+
+    @overload
+    def __init__(
+        self: Agent[None, str],
+        model: Model | str | None = None,
+        *,
+        instructions: str | None = None,
+        name: str = "agent",
+        tools: Sequence[ToolFunc | Tool[Any]] = (),
+        output_type: type[str] = str,
+        deps_type: None = None,
+        retries: int = 1,
+        output_retries: int | None = None,
+        max_steps: int | None = None,
+        usage_limits: UsageLimits | None = None,
+        tool_timeout: float = 60.0,
+        model_settings: ModelSettings | None = None,
+        clock: Clock | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Agent[None, OutputT],
+        model: Model | str | None = None,
+        *,
+        instructions: str | None = None,
+        name: str = "agent",
+        tools: Sequence[ToolFunc | Tool[Any]] = (),
+        output_type: type[OutputT],
+        deps_type: None = None,
+        retries: int = 1,
+        output_retries: int | None = None,
+        max_steps: int | None = None,
+        usage_limits: UsageLimits | None = None,
+        tool_timeout: float = 60.0,
+        model_settings: ModelSettings | None = None,
+        clock: Clock | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Agent[DepsT, str],
+        model: Model | str | None = None,
+        *,
+        instructions: str | None = None,
+        name: str = "agent",
+        tools: Sequence[ToolFunc | Tool[Any]] = (),
+        output_type: type[str] = str,
+        deps_type: type[DepsT],
+        retries: int = 1,
+        output_retries: int | None = None,
+        max_steps: int | None = None,
+        usage_limits: UsageLimits | None = None,
+        tool_timeout: float = 60.0,
+        model_settings: ModelSettings | None = None,
+        clock: Clock | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Agent[DepsT, OutputT],
+        model: Model | str | None = None,
+        *,
+        instructions: str | None = None,
+        name: str = "agent",
+        tools: Sequence[ToolFunc | Tool[Any]] = (),
+        output_type: type[OutputT],
+        deps_type: type[DepsT],
+        retries: int = 1,
+        output_retries: int | None = None,
+        max_steps: int | None = None,
+        usage_limits: UsageLimits | None = None,
+        tool_timeout: float = 60.0,
+        model_settings: ModelSettings | None = None,
+        clock: Clock | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        model: Model | str | None = None,
+        *,
+        instructions: str | None = None,
+        name: str = "agent",
+        tools: Sequence[ToolFunc | Tool[Any]] = (),
+        output_type: Any = str,
+        deps_type: Any = None,
+        retries: int = 1,
+        output_retries: int | None = None,
+        max_steps: int | None = None,
+        usage_limits: UsageLimits | None = None,
+        tool_timeout: float = 60.0,
+        model_settings: ModelSettings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if model is not None and not isinstance(cast(object, model), (Model, str)):
+            raise UserError(
+                f"`model` must be a Model, a string like 'openai:gpt-4o-mini', or None; got {type(model).__name__}."
+            )
+        if output_type is not str:
+            check_output_type(output_type)
+        if retries < 0:
+            raise UserError(f"`retries` must be >= 0, got {retries!r}.")
+        if output_retries is not None and output_retries < 0:
+            raise UserError(f"`output_retries` must be >= 0, got {output_retries!r}.")
+        if not tool_timeout > 0:
+            raise UserError(f"`tool_timeout` must be a positive number of seconds, got {tool_timeout!r}.")
+        if max_steps is not None:
+            if not isinstance(cast(object, max_steps), int) or max_steps < 1:
+                raise UserError(f"`max_steps` must be a positive integer (model requests per run), got {max_steps!r}.")
+            base = usage_limits or _DEFAULT_LIMITS
+            usage_limits = UsageLimits(
+                request_limit=max_steps,
+                tool_calls_limit=base.tool_calls_limit,
+                input_tokens_limit=base.input_tokens_limit,
+                output_tokens_limit=base.output_tokens_limit,
+                total_tokens_limit=base.total_tokens_limit,
+            )
+        self._model_spec = model
+        self._model: Model | None = model if isinstance(model, Model) else None
+        self._override_model: Model | None = None
+        self.instructions = instructions
+        self.name = name
+        self.output_type = output_type
+        self.retries = retries
+        self.output_retries = retries if output_retries is None else output_retries
+        self.usage_limits = usage_limits or _DEFAULT_LIMITS
+        self.tool_timeout_s = tool_timeout
+        self.model_settings = model_settings
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self._tools: dict[str, Tool[DepsT]] = {}
+        self._schema: OutputSchema[OutputT] | None = None
+        self._params: ModelRequestParameters | None = None
+        for tool in tools:
+            self._add_tool(tool if isinstance(tool, Tool) else Tool(tool))
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, model={self._model_spec!r}, tools={list(self._tools)!r})"
+
+    # ---- tools -------------------------------------------------------------------------------------------
+
+    def _add_tool(self, tool: Tool[Any]) -> None:
+        if tool.name in self._tools:
+            raise UserError(f"Agent {self.name!r} already has a tool named {tool.name!r}; pass `name=` to rename one.")
+        if tool.name == "final_result" and self.output_type is not str:
+            raise UserError("The tool name 'final_result' is reserved for structured output; rename the tool.")
+        self._tools[tool.name] = tool
+        self._params = None
+
+    @overload
+    def tool(self, func: F, /) -> F: ...
+
+    @overload
+    def tool(
+        self, /, *, name: str | None = None, retries: int | None = None, timeout: float | None = None
+    ) -> Callable[[F], F]: ...
+
+    def tool(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register a function as a tool: `@agent.tool` or `@agent.tool(name=..., retries=..., timeout=...)`.
+
+        The function may be sync (run in a worker thread) or async, and may take a
+        [`RunContext`][miniagent.context.RunContext] first.
+        """
+
+        def register(f: F) -> F:
+            self._add_tool(Tool(f, name=name, retries=retries, timeout=timeout))
+            return f
+
+        return register(func) if func is not None else register
+
+    @property
+    def tools(self) -> list[Tool[DepsT]]:
+        """The agent's tools."""
+        return list(self._tools.values())
+
+    # ---- resolution (lazy) -------------------------------------------------------------------------------
+
+    def _output_schema(self) -> OutputSchema[OutputT]:
+        if self._schema is None:
+            self._schema = OutputSchema(self.output_type)
+        return self._schema
+
+    def _request_params(self) -> ModelRequestParameters:
+        if self._params is None:
+            schema = self._output_schema()
+            self._params = ModelRequestParameters(
+                function_tools=[t.definition for t in self._tools.values()],
+                output_tools=[schema.tool] if schema.tool else [],
+                allow_text_output=schema.text,
+            )
+        return self._params
+
+    def resolve_model(self, model: Model | str | None = None) -> Model:
+        """The model a run would use: `model` if given, else an override, else the agent's (resolved once)."""
+        if model is not None:
+            return infer_model(model)
+        if self._override_model is not None:
+            return self._override_model
+        if self._model is None:
+            self._model = infer_model(self._model_spec)
+        return self._model
+
+    @contextmanager
+    def override(self, *, model: Model | str) -> Iterator[None]:
+        """Use `model` instead of the agent's model inside the block (for tests)."""
+        previous = self._override_model
+        self._override_model = infer_model(model)
+        try:
+            yield
+        finally:
+            self._override_model = previous
+
+    # ---- running -----------------------------------------------------------------------------------------
+
+    def _new_run(
+        self,
+        *,
+        deps: Any,
+        message_history: list[ModelMessage] | None,
+        model: Model | str | None,
+        usage_limits: UsageLimits | None,
+        usage: Usage | None,
+        model_settings: ModelSettings | None,
+        timeout: float | None,
+        sink: EventSink | None,
+        stream: bool,
+    ) -> AgentRun[DepsT, OutputT]:
+        if timeout is not None and not timeout > 0:
+            raise UserError(f"`timeout` must be a positive number of seconds or None, got {timeout!r}.")
+        settings = self.model_settings.merged(model_settings) if self.model_settings else model_settings
+        return AgentRun(
+            self,
+            model=self.resolve_model(model),
+            deps=deps,
+            message_history=message_history,
+            usage_limits=usage_limits or self.usage_limits,
+            usage=usage if usage is not None else Usage(),
+            model_settings=settings,
+            sink=sink,
+            stream=stream,
+            timeout_s=timeout,
+            clock=self.clock,
+        )
+
+    async def run(
+        self,
+        prompt: str | None = None,
+        *,
+        deps: DepsT = None,  # type: ignore[assignment]  # None is the default only for agents without deps
+        message_history: list[ModelMessage] | None = None,
+        model: Model | str | None = None,
+        usage_limits: UsageLimits | None = None,
+        usage: Usage | None = None,
+        model_settings: ModelSettings | None = None,
+        timeout: float | None = None,
+        event_sink: EventSink | None = None,
+    ) -> RunResult[OutputT]:
+        """Run the agent on `prompt` until it produces its final output.
+
+        Args:
+            prompt: The user's message.
+            deps: Dependencies handed to tools through `RunContext.deps`.
+            message_history: Earlier messages to continue from (e.g. `previous.all_messages()`).
+            model: A model for this run only.
+            usage_limits: Limits for this run (default: the agent's).
+            usage: A `Usage` to accumulate into, readable even if the run is cancelled.
+            model_settings: Sampling settings for this run, over the agent's.
+            timeout: Deadline of the whole run in seconds; exceeding it raises `RunTimeout`.
+            event_sink: An async callable receiving every event, in order.
+
+        Raises:
+            RunError: the run failed; the error carries its messages and usage.
+        """
+        agent_run = self._new_run(
+            deps=deps,
+            message_history=message_history,
+            model=model,
+            usage_limits=usage_limits,
+            usage=usage,
+            model_settings=model_settings,
+            timeout=timeout,
+            sink=event_sink,
+            stream=event_sink is not None,
+        )
+        return await agent_run.run(prompt)
+
+    def run_sync(
+        self,
+        prompt: str | None = None,
+        *,
+        deps: DepsT = None,  # type: ignore[assignment]  # see `run`
+        message_history: list[ModelMessage] | None = None,
+        model: Model | str | None = None,
+        usage_limits: UsageLimits | None = None,
+        usage: Usage | None = None,
+        model_settings: ModelSettings | None = None,
+        timeout: float | None = None,
+    ) -> RunResult[OutputT]:
+        """[`run`][miniagent.agent.Agent.run] from synchronous code (not inside an event loop)."""
+        return run_until_complete(
+            self.run(
+                prompt,
+                deps=deps,
+                message_history=message_history,
+                model=model,
+                usage_limits=usage_limits,
+                usage=usage,
+                model_settings=model_settings,
+                timeout=timeout,
+            ),
+            method="run",
+        )
+
+    def run_stream(
+        self,
+        prompt: str | None = None,
+        *,
+        deps: DepsT = None,  # type: ignore[assignment]  # see `run`
+        message_history: list[ModelMessage] | None = None,
+        model: Model | str | None = None,
+        usage_limits: UsageLimits | None = None,
+        usage: Usage | None = None,
+        model_settings: ModelSettings | None = None,
+        timeout: float | None = None,
+    ) -> StreamedRun[OutputT]:
+        """Run the agent and stream it: `async with agent.run_stream(prompt) as run:` then `run.stream_text()`,
+        `run.stream_output()` or `run.events()`.
+        """  # noqa: D205 (the summary needs both lines)
+        run_usage = usage if usage is not None else Usage()
+        agent_run_args: dict[str, Any] = {
+            "deps": deps,
+            "message_history": message_history,
+            "model": model,
+            "usage_limits": usage_limits,
+            "usage": run_usage,
+            "model_settings": model_settings,
+            "timeout": timeout,
+        }
+
+        async def start(sink: EventSink) -> RunResult[OutputT]:
+            return await self._new_run(sink=sink, stream=True, **agent_run_args).run(prompt)
+
+        return StreamedRun(start, self._output_schema(), run_usage)
+
+    async def run_stream_events(
+        self,
+        prompt: str | None = None,
+        *,
+        deps: DepsT = None,  # type: ignore[assignment]  # see `run`
+        message_history: list[ModelMessage] | None = None,
+        model: Model | str | None = None,
+        usage_limits: UsageLimits | None = None,
+        usage: Usage | None = None,
+        model_settings: ModelSettings | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[AgentEvent]:
+        """Every typed event of a run, in order: `async for event in agent.run_stream_events(prompt): ...`.
+
+        The last event is `RunFinished` (its `output` is the result), `RunFailed` or `RunCancelled`; a failed
+        run's exception is raised after its `RunFailed` event. Breaking out of the loop cancels the run.
+        """
+        async with self.run_stream(
+            prompt,
+            deps=deps,
+            message_history=message_history,
+            model=model,
+            usage_limits=usage_limits,
+            usage=usage,
+            model_settings=model_settings,
+            timeout=timeout,
+        ) as streamed:
+            async for event in streamed.events():
+                yield event

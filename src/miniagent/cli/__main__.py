@@ -1,0 +1,5 @@
+"""`python -m miniagent.cli`."""
+
+from . import main
+
+main()

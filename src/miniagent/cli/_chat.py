@@ -1,0 +1,252 @@
+"""The interactive chat loop behind `miniagent chat`."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import datetime
+import importlib
+import operator
+import signal
+import sys
+import threading
+from typing import Any
+
+from rich.console import Console
+
+from ..agent import Agent
+from ..errors import MiniAgentError, UserError
+from ..events import AgentEvent, TextDelta, ToolCallFinished, ToolCallStarted
+from ..messages import ModelMessage
+from ..models import Model
+
+_HELP = "Commands: /reset starts a new conversation, /exit quits (or Ctrl-D). Ctrl-C stops a generation."
+
+_PROMPT = "you> "
+
+
+def current_time() -> str:
+    """The current local date and time, ISO 8601."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+_OPS: dict[type[ast.AST], Any] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.Mod: operator.mod,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+
+def calculate(expression: str) -> float:
+    """Evaluate an arithmetic expression such as `(2 + 3) * 4.5`.
+
+    Args:
+        expression: Numbers with + - * / % ** and parentheses.
+    """
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return float(_OPS[type(node.op)](ev(node.left), ev(node.right)))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return float(_OPS[type(node.op)](ev(node.operand)))
+        raise ValueError(f"unsupported expression element: {ast.dump(node)[:40]}")
+
+    return ev(ast.parse(expression, mode="eval").body)
+
+
+def load_agent(path: str) -> Agent[Any, Any]:
+    """Import `module:attribute` and check that it is an Agent."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"--agent must look like 'package.module:attribute', got {path!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(
+            f"Cannot import {module_name!r} for --agent ({exc}); check the module path and PYTHONPATH."
+        ) from exc
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, Agent):
+        raise UserError(f"{path!r} is {type(obj).__name__}, not a miniagent Agent.")
+    return obj
+
+
+class _Input:
+    """Reads lines in a daemon thread so the event loop stays free and Ctrl-C can reach it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, console: Console) -> None:
+        self._loop = loop
+        self._console = console
+
+    async def readline(self) -> str | None:
+        future: asyncio.Future[str | None] = self._loop.create_future()
+
+        def read() -> None:
+            try:
+                line: str | None = input(_PROMPT) if sys.stdin.isatty() else sys.stdin.readline()
+                if line == "" and not sys.stdin.isatty():
+                    line = None
+            except EOFError:
+                line = None
+            except Exception:  # a closed stdin: treat as end of input
+                line = None
+
+            def deliver() -> None:
+                if not future.done():
+                    future.set_result(line)
+
+            self._loop.call_soon_threadsafe(deliver)
+
+        if not sys.stdin.isatty():
+            self._console.print(_PROMPT, end="", markup=False, highlight=False)
+        threading.Thread(target=read, daemon=True, name="miniagent-input").start()
+        return await future
+
+
+class _Session:
+    def __init__(self, agent: Agent[Any, Any], model: Model, console: Console, debug: bool) -> None:
+        self.agent = agent
+        self.model = model
+        self.console = console
+        self.debug = debug
+        self.history: list[ModelMessage] = []
+        self.generation: asyncio.Task[None] | None = None
+        self.interrupted = False
+        self.text_open = False
+
+    def on_sigint(self) -> None:
+        if self.generation is not None and not self.generation.done():
+            self.interrupted = True
+            self.generation.cancel()
+        else:
+            self.console.print("\n(type /exit or press Ctrl-D to quit)", style="dim")
+
+    async def turn(self, prompt: str) -> None:
+        self.text_open = False
+        async with self.agent.run_stream(prompt, message_history=self.history, model=self.model) as run:
+            async for event in run.events():
+                self._render(event)
+            result = await run.get_result()
+        self.history = result.all_messages()
+        if not self.text_open:
+            self.console.print("bot> ", end="", style="bold cyan")
+            self.console.print(str(result.output), markup=False)
+
+    def _render(self, event: AgentEvent) -> None:
+        out = self.console
+        if isinstance(event, TextDelta):
+            if not self.text_open:
+                out.print("bot> ", end="", style="bold cyan")
+                self.text_open = True
+            out.print(event.delta, end="", markup=False)
+            out.file.flush()
+        elif isinstance(event, ToolCallStarted):
+            if self.text_open:
+                out.print()
+                self.text_open = False
+            args = ", ".join(f"{k}={v!r}" for k, v in event.args.items())
+            out.print(f"  → {event.tool_name}({args})", style="yellow", markup=False)
+        elif isinstance(event, ToolCallFinished):
+            result = str(event.result)
+            result = result if len(result) <= 200 else result[:200] + "…"
+            style = "green" if event.outcome == "success" else "red"
+            out.print(
+                f"  ← {event.tool_name} [{event.outcome}, {event.duration_s:.2f}s]: {result}", style=style, markup=False
+            )
+
+
+async def _chat(agent: Agent[Any, Any], model: Model, console: Console, debug: bool) -> int:
+    loop = asyncio.get_running_loop()
+    session = _Session(agent, model, console, debug)
+    reader = _Input(loop, console)
+    loop.add_signal_handler(signal.SIGINT, session.on_sigint)
+    try:
+        while True:
+            line = await reader.readline()
+            if line is None:
+                console.print()
+                return 0
+            prompt = line.strip()
+            if not prompt:
+                continue
+            if prompt in ("/exit", "/quit"):
+                return 0
+            if prompt == "/reset":
+                session.history = []
+                console.print("(conversation reset)", style="dim")
+                continue
+            if prompt == "/help":
+                console.print(_HELP, style="dim")
+                continue
+            session.interrupted = False
+            session.generation = asyncio.create_task(session.turn(prompt))
+            try:
+                await session.generation
+            except asyncio.CancelledError:
+                if not session.interrupted:
+                    raise
+                console.print("\n(interrupted)", style="dim")
+            except MiniAgentError as exc:
+                console.print(f"\nerror: {exc}", style="red", markup=False)
+                if debug:
+                    console.print_exception()
+            except Exception as exc:  # the session survives any failure of one turn
+                console.print(
+                    f"\nunexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                    style="red",
+                    markup=False,
+                )
+                if debug:
+                    console.print_exception()
+            else:
+                console.print()
+            finally:
+                session.generation = None
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await model.aclose()
+
+
+def run_chat(
+    *, model: str | None, agent_path: str | None, instructions: str | None, demo_tools: bool, debug: bool
+) -> int:
+    """Run the chat; returns the process exit code. Errors print their message (and a traceback with `debug`)."""
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        if agent_path is not None:
+            agent = load_agent(agent_path)
+        else:
+            agent = Agent(
+                model=model,
+                instructions=instructions or "You are a helpful, concise assistant.",
+                name="chat",
+                tools=[current_time, calculate] if demo_tools else [],
+            )
+        resolved = agent.resolve_model(model)
+        console.print(f"miniagent {_version()} · model {resolved.name} · {_HELP}", style="dim", markup=False)
+        return asyncio.run(_chat(agent, resolved, console, debug))
+    except MiniAgentError as exc:
+        console.print(f"error: {exc}", style="red", markup=False)
+        if debug:
+            console.print_exception()
+        return 1
+    except Exception as exc:
+        console.print(
+            f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)", style="red", markup=False
+        )
+        if debug:
+            console.print_exception()
+        return 1
+
+
+def _version() -> str:
+    from .._version import __version__
+
+    return __version__

@@ -1,0 +1,293 @@
+"""The typed events a run emits, one discriminated union for every consumer.
+
+The CLI, the server's streams, logs, traces and metrics all read the same stream: a run produces
+[`AgentEvent`][miniagent.events.AgentEvent]s in order, starting with `RunStarted` and ending with exactly one of
+`RunFinished`, `RunFailed` or `RunCancelled`. Serialize them with [`event_to_json`][miniagent.events.event_to_json].
+"""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+
+from ._utils import KIND
+from .messages import ModelResponse, ToolOutcome
+from .usage import Usage
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
+
+__all__ = [
+    "AgentEvent",
+    "ModelRequestStarted",
+    "ModelResponseReceived",
+    "RetryScheduled",
+    "RunCancelled",
+    "RunFailed",
+    "RunFinished",
+    "RunStarted",
+    "TextDelta",
+    "ThinkingDelta",
+    "ToolCallArgsDelta",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "UsageUpdated",
+    "event_from_json",
+    "event_to_json",
+]
+
+
+@dataclass(slots=True)
+class RunStarted:
+    """A run began."""
+
+    run_id: str
+    """The run's id, on every event of the run."""
+    agent_name: str
+    """The agent that runs."""
+    prompt: str | None
+    """The user's prompt, if the run was started with one."""
+    _: KW_ONLY
+    kind: Literal["run-started"] = "run-started"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class ModelRequestStarted:
+    """A model request (one step of the loop) began."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step number, from 1."""
+    model_name: str
+    """The model being asked."""
+    _: KW_ONLY
+    kind: Literal["model-request-started"] = "model-request-started"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class TextDelta:
+    """A piece of the model's text, as it streams."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step that produces the text."""
+    delta: str
+    """The new text."""
+    _: KW_ONLY
+    kind: Literal["text-delta"] = "text-delta"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    """A piece of the model's reasoning, as it streams."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step that produces the reasoning."""
+    delta: str
+    """The new reasoning text."""
+    _: KW_ONLY
+    kind: Literal["thinking-delta"] = "thinking-delta"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class ToolCallArgsDelta:
+    """A piece of a tool call's JSON arguments, as the model streams them."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step that produces the call."""
+    index: int
+    """The position of the call's part in the response."""
+    tool_name: str | None
+    """The tool's name, once known."""
+    delta: str
+    """The new argument text."""
+    _: KW_ONLY
+    kind: Literal["tool-call-args-delta"] = "tool-call-args-delta"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class ModelResponseReceived:
+    """A model response is complete."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step it answers."""
+    response: ModelResponse
+    """The whole response."""
+    _: KW_ONLY
+    kind: Literal["model-response-received"] = "model-response-received"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class ToolCallStarted:
+    """A tool call began."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step whose response asked for the call."""
+    tool_name: str
+    """The tool."""
+    tool_call_id: str
+    """The call's id."""
+    args: dict[str, Any]
+    """The validated arguments."""
+    _: KW_ONLY
+    kind: Literal["tool-call-started"] = "tool-call-started"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class ToolCallFinished:
+    """A tool call ended, however it ended."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step whose response asked for the call."""
+    tool_name: str
+    """The tool."""
+    tool_call_id: str
+    """The call's id."""
+    outcome: ToolOutcome
+    """`success`, `error` or `timeout`."""
+    duration_s: float
+    """How long the call ran, in seconds of the run's clock."""
+    result: Any
+    """What the tool returned, or the error text the model will read."""
+    _: KW_ONLY
+    kind: Literal["tool-call-finished"] = "tool-call-finished"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class RetryScheduled:
+    """Something is tried again: the model's tool arguments or output failed validation, or a tool asked for it."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step whose output is retried."""
+    cause: Literal["tool-args", "tool-retry", "output", "unknown-tool"]
+    """What failed."""
+    attempt: int
+    """Which retry this is, from 1."""
+    delay_s: float
+    """How long before the retry, in seconds."""
+    message: str
+    """The error the model will be shown."""
+    _: KW_ONLY
+    tool_name: str | None = None
+    """The tool concerned, if any."""
+    kind: Literal["retry-scheduled"] = "retry-scheduled"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class UsageUpdated:
+    """The run's usage changed (after a model response or a batch of tool calls)."""
+
+    run_id: str
+    """The run's id."""
+    usage: Usage
+    """A snapshot of the run's usage so far."""
+    _: KW_ONLY
+    kind: Literal["usage-updated"] = "usage-updated"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class RunFinished:
+    """The run produced its final output."""
+
+    run_id: str
+    """The run's id."""
+    output: Any
+    """The validated output."""
+    usage: Usage
+    """What the run consumed."""
+    duration_s: float
+    """How long the run took, in seconds of the run's clock."""
+    _: KW_ONLY
+    kind: Literal["run-finished"] = "run-finished"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class RunFailed:
+    """The run ended with an error."""
+
+    run_id: str
+    """The run's id."""
+    error_type: str
+    """The exception's class name."""
+    message: str
+    """What went wrong and what to do."""
+    usage: Usage
+    """What the run consumed before it failed."""
+    _: KW_ONLY
+    kind: Literal["run-failed"] = "run-failed"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class RunCancelled:
+    """The run was cancelled (by its caller or a consumer) before it finished."""
+
+    run_id: str
+    """The run's id."""
+    usage: Usage
+    """What the run consumed before it stopped."""
+    _: KW_ONLY
+    kind: Literal["run-cancelled"] = "run-cancelled"
+    """Tag that identifies this event type."""
+
+
+AgentEvent: TypeAlias = Annotated[
+    RunStarted
+    | ModelRequestStarted
+    | TextDelta
+    | ThinkingDelta
+    | ToolCallArgsDelta
+    | ModelResponseReceived
+    | ToolCallStarted
+    | ToolCallFinished
+    | RetryScheduled
+    | UsageUpdated
+    | RunFinished
+    | RunFailed
+    | RunCancelled,
+    KIND,
+]
+"""Every event a run can emit."""
+
+
+@cache
+def _event_adapter() -> TypeAdapter[AgentEvent]:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(AgentEvent)
+
+
+def event_to_json(event: AgentEvent) -> bytes:
+    """Serialize an event to JSON; outputs that are not JSON types are rendered with `str`."""
+    return _event_adapter().dump_json(event, fallback=str)
+
+
+def event_from_json(data: str | bytes) -> AgentEvent:
+    """Load an event serialized by [`event_to_json`][miniagent.events.event_to_json]."""
+    return _event_adapter().validate_json(data)

@@ -1,0 +1,57 @@
+"""miniagent's one settings object, read from the environment (prefix `MINIAGENT_`) and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration for miniagent. Every field can be set as `MINIAGENT_<FIELD>` in the environment.
+
+    Example:
+        ```python
+        from miniagent.settings import Settings
+
+        settings = Settings(default_model="local", tool_timeout_s=30)
+        assert settings.tool_timeout_s == 30
+        ```
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MINIAGENT_", env_file=".env", extra="ignore", frozen=True)
+
+    default_model: str = "local"
+    """The model used when an agent names none: `local` is the bundled offline model."""
+    local_model_path: Path | None = None
+    """A GGUF file for the local model; unset means the bundled SmolLM2-135M-Instruct."""
+    local_n_ctx: int = Field(default=4096, ge=256)
+    """Context window of the local model, in tokens."""
+    local_n_threads: int | None = Field(default=None, ge=1)
+    """CPU threads for local inference; unset means half the logical cores (about the physical ones)."""
+    local_max_tokens: int = Field(default=512, ge=16)
+    """Cap on tokens per local response (structured and tool-call responses are always capped)."""
+    local_max_string_length: int = Field(default=300, ge=8)
+    """Longest string the local model may write inside a tool call or structured output."""
+    local_max_array_items: int = Field(default=8, ge=1)
+    """Most items the local model may write in one array of a tool call or structured output."""
+    tool_timeout_s: float = Field(default=60.0, gt=0)
+    """Default timeout of one tool call, in seconds; a hung tool never hangs a run."""
+    load_plugins: str | None = None
+    """Comma-separated names of model plugins (entry points) to load; unset loads all, empty loads only built-ins."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    """Level of miniagent's own log output."""
+
+    @field_validator("local_model_path")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+def get_settings() -> Settings:
+    """Settings read from the environment now."""
+    return Settings()

@@ -1,0 +1,22 @@
+"""Shared fixtures: asyncio for async tests, and an environment with no provider keys or proxies."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+_CLEARED_PREFIXES = ("OPENAI_", "ANTHROPIC_", "MINIAGENT_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a real key, a proxy or the developer's miniagent settings."""
+    for name in list(os.environ):
+        if name.upper().startswith(_CLEARED_PREFIXES):
+            monkeypatch.delenv(name, raising=False)
