@@ -14,8 +14,14 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 │   ├── UnexpectedModelBehavior     the model kept returning output we cannot use
 │   │   └── ToolRetriesExceeded     a tool's arguments failed validation more often than allowed
 │   ├── RunTimeout                  the run's own deadline passed
-│   └── ModelAPIError               the model's API failed (transport or HTTP status)
+│   └── ModelAPIError               the model's API failed: transport, timeout, a body we cannot parse
 │       └── ModelHTTPError          the API answered with an error status
+│           ├── ModelRateLimited        429: too many requests (carries `retry_after_s`)
+│           ├── ModelOverloaded         503/529: the provider is overloaded or unavailable
+│           ├── ContextLengthExceeded   the conversation does not fit the model's context window
+│           ├── ContentFiltered         the provider refused the content
+│           ├── ModelAuthError          401/403: the key is missing, wrong or lacks access
+│           └── ModelBadRequest         400/404/422: the request is invalid for this model
 └── ModelRetry                      raised by a tool to ask the model to try again (control flow)
 ```
 """
@@ -29,12 +35,18 @@ if TYPE_CHECKING:
     from .usage import Usage
 
 __all__ = [
+    "ContentFiltered",
+    "ContextLengthExceeded",
     "MiniAgentError",
     "MissingCredentialError",
     "ModelAPIError",
+    "ModelAuthError",
+    "ModelBadRequest",
     "ModelFileError",
     "ModelHTTPError",
     "ModelNotFoundError",
+    "ModelOverloaded",
+    "ModelRateLimited",
     "ModelRetry",
     "OptionalDependencyError",
     "OutputTypeError",
@@ -135,23 +147,120 @@ class RunTimeout(RunError):
 
 
 class ModelAPIError(RunError):
-    """The model's API could not be reached or failed."""
+    """The model's API could not be reached or failed: connection, timeout, or a response we cannot use."""
 
     model_name: str
     """The model whose API failed."""
+    provider: str | None
+    """The provider (`openai`, `anthropic`, `openai-compatible`...), when known."""
+    request_id: str | None
+    """The provider's id of the failed request, for its support and logs."""
+    retryable: bool
+    """Whether the same request may succeed if tried again (the resilience layer reads this)."""
 
-    def __init__(self, message: str, *, model_name: str) -> None:
+    default_retryable = True
+    """What `retryable` is when not given: transport failures are worth retrying."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_name: str,
+        provider: str | None = None,
+        request_id: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.model_name = model_name
+        self.provider = provider
+        self.request_id = request_id
+        self.retryable = self.default_retryable if retryable is None else retryable
 
 
 class ModelHTTPError(ModelAPIError):
     """The model's API answered with an HTTP error status."""
 
-    def __init__(self, message: str, *, model_name: str, status_code: int, body: object = None) -> None:
-        super().__init__(message, model_name=model_name)
+    status_code: int
+    """The HTTP status."""
+    body: object
+    """The error body as the provider sent it (parsed JSON when possible), secrets removed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_name: str,
+        status_code: int,
+        body: object = None,
+        provider: str | None = None,
+        request_id: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        if retryable is None and type(self) is ModelHTTPError:
+            retryable = status_code in (408, 409, 425, 429) or status_code >= 500
+        super().__init__(
+            message, model_name=model_name, provider=provider, request_id=request_id, retryable=retryable
+        )
         self.status_code = status_code
         self.body = body
+
+
+class ModelRateLimited(ModelHTTPError):
+    """The provider limited our request rate (HTTP 429)."""
+
+    retry_after_s: float | None
+    """How long the provider asked us to wait (`Retry-After`, seconds or HTTP date, or its rate-limit headers)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_name: str,
+        status_code: int = 429,
+        body: object = None,
+        provider: str | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            model_name=model_name,
+            status_code=status_code,
+            body=body,
+            provider=provider,
+            request_id=request_id,
+            retryable=retryable,
+        )
+        self.retry_after_s = retry_after_s
+
+
+class ModelOverloaded(ModelHTTPError):
+    """The provider is overloaded or temporarily unavailable (HTTP 503, Anthropic 529)."""
+
+
+class ContextLengthExceeded(ModelHTTPError):
+    """The conversation does not fit the model's context window; retrying the same request cannot help."""
+
+    default_retryable = False
+
+
+class ContentFiltered(ModelHTTPError):
+    """The provider refused the request or response content."""
+
+    default_retryable = False
+
+
+class ModelAuthError(ModelHTTPError):
+    """The API key is missing, wrong, or lacks access to the model (HTTP 401/403)."""
+
+    default_retryable = False
+
+
+class ModelBadRequest(ModelHTTPError):
+    """The request is invalid for this model or endpoint (HTTP 400/404/422)."""
+
+    default_retryable = False
 
 
 class ModelRetry(MiniAgentError):

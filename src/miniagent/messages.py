@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
@@ -21,12 +22,16 @@ if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
 __all__ = [
+    "Attachment",
+    "BinaryContent",
+    "ImageUrl",
     "FinishReason",
     "ModelMessage",
     "ModelRequest",
     "ModelRequestPart",
     "ModelResponse",
     "ModelResponsePart",
+    "Prompt",
     "RetryPromptPart",
     "SystemPromptPart",
     "TextPart",
@@ -36,6 +41,7 @@ __all__ = [
     "ToolReturnPart",
     "UserPromptPart",
     "messages_from_json",
+    "prompt_part",
     "messages_to_json",
 ]
 
@@ -58,12 +64,53 @@ class SystemPromptPart:
 
 
 @dataclass(slots=True)
+class ImageUrl:
+    """An image the model should look at, by URL (`https://...` or a `data:` URL)."""
+
+    url: str
+    """Where the provider fetches the image."""
+    _: KW_ONLY
+    kind: Literal["image-url"] = "image-url"
+    """Tag that identifies this attachment type."""
+
+
+@dataclass(slots=True)
+class BinaryContent:
+    """Bytes the model should look at (an image today), with their media type."""
+
+    data: bytes
+    """The raw bytes (serialized as base64)."""
+    media_type: str
+    """The IANA media type, e.g. `image/png`."""
+    _: KW_ONLY
+    kind: Literal["binary"] = "binary"
+    """Tag that identifies this attachment type."""
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the bytes are an image."""
+        return self.media_type.startswith("image/")
+
+    def data_url(self) -> str:
+        """The bytes as a `data:` URL."""
+        import base64
+
+        return f"data:{self.media_type};base64,{base64.b64encode(self.data).decode()}"
+
+
+Attachment: TypeAlias = Annotated[ImageUrl | BinaryContent, KIND]
+"""Non-text content sent with a user prompt."""
+
+
+@dataclass(slots=True)
 class UserPromptPart:
-    """What the user said."""
+    """What the user said: text, and optionally attachments such as images."""
 
     content: str
     """The user's text."""
     _: KW_ONLY
+    attachments: list[Attachment] = field(default_factory=list)
+    """Images (by URL or bytes) sent with the text, in order after it."""
     kind: Literal["user-prompt"] = "user-prompt"
     """Tag that identifies this part type."""
 
@@ -110,6 +157,26 @@ class RetryPromptPart:
         return f"{self.content}\n\nFix the errors and try again."
 
 
+Prompt: TypeAlias = "str | Sequence[str | ImageUrl | BinaryContent]"
+"""What a run can be started with: text, or text and images in order."""
+
+
+def prompt_part(prompt: Prompt) -> UserPromptPart:
+    """The user part for a prompt: the text pieces joined by newlines, the rest as attachments."""
+    if isinstance(prompt, str):
+        return UserPromptPart(prompt)
+    texts: list[str] = []
+    attachments: list[Attachment] = []
+    for item in prompt:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, ImageUrl | BinaryContent):
+            attachments.append(item)
+        else:
+            raise TypeError(f"a prompt holds text, ImageUrl or BinaryContent items, got {type(item).__name__}")
+    return UserPromptPart("\n".join(texts), attachments=attachments)
+
+
 ModelRequestPart: TypeAlias = Annotated[SystemPromptPart | UserPromptPart | ToolReturnPart | RetryPromptPart, KIND]
 """A part of a message we send to the model."""
 
@@ -130,8 +197,12 @@ class ThinkingPart:
     """Reasoning the model produced before its answer, where the provider exposes it."""
 
     content: str
-    """The reasoning text."""
+    """The reasoning text (may be empty when the provider returns only an encrypted form)."""
     _: KW_ONLY
+    signature: str | None = None
+    """The provider's signature or encrypted form of the reasoning, sent back unchanged on the next request."""
+    provider: str | None = None
+    """The provider that produced it: a signature is only meaningful to that provider."""
     kind: Literal["thinking"] = "thinking"
     """Tag that identifies this part type."""
 

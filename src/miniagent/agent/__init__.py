@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 from .._utils import SYSTEM_CLOCK, Clock, run_until_complete
 from ..errors import UserError
 from ..events import AgentEvent
-from ..messages import ModelMessage
+from ..messages import ModelMessage, Prompt
 from ..models import Model, ModelRequestParameters, ModelSettings, infer_model
 from ..tools import Tool, ToolFunc
 from ..usage import Usage, UsageLimits
@@ -338,7 +338,7 @@ class Agent(Generic[DepsT, OutputT]):
 
     async def run(
         self,
-        prompt: str | None = None,
+        prompt: Prompt | None = None,
         *,
         deps: DepsT = None,  # type: ignore[assignment]  # None is the default only for agents without deps
         message_history: list[ModelMessage] | None = None,
@@ -380,7 +380,7 @@ class Agent(Generic[DepsT, OutputT]):
 
     def run_sync(
         self,
-        prompt: str | None = None,
+        prompt: Prompt | None = None,
         *,
         deps: DepsT = None,  # type: ignore[assignment]  # see `run`
         message_history: list[ModelMessage] | None = None,
@@ -407,7 +407,7 @@ class Agent(Generic[DepsT, OutputT]):
 
     def run_stream(
         self,
-        prompt: str | None = None,
+        prompt: Prompt | None = None,
         *,
         deps: DepsT = None,  # type: ignore[assignment]  # see `run`
         message_history: list[ModelMessage] | None = None,
@@ -438,7 +438,7 @@ class Agent(Generic[DepsT, OutputT]):
 
     async def run_stream_events(
         self,
-        prompt: str | None = None,
+        prompt: Prompt | None = None,
         *,
         deps: DepsT = None,  # type: ignore[assignment]  # see `run`
         message_history: list[ModelMessage] | None = None,

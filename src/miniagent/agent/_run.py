@@ -17,6 +17,7 @@ from ..errors import (
     ToolRetriesExceeded,
     UnexpectedModelBehavior,
     UsageLimitExceeded,
+    UserError,
 )
 from ..events import (
     AgentEvent,
@@ -43,7 +44,8 @@ from ..messages import (
     SystemPromptPart,
     ToolCallPart,
     ToolReturnPart,
-    UserPromptPart,
+    Prompt,
+    prompt_part,
 )
 from ..models import (
     Model,
@@ -131,7 +133,7 @@ class AgentRun(Generic[DepsT, OutputT]):
         if self.sink is not None:
             await self.sink(event)
 
-    def _first_request(self, prompt: str | None) -> ModelRequest | None:
+    def _first_request(self, prompt: Prompt | None) -> ModelRequest | None:
         parts: list[ModelRequestPart] = []
         has_system = any(
             isinstance(p, SystemPromptPart) for m in self.messages if isinstance(m, ModelRequest) for p in m.parts
@@ -140,10 +142,13 @@ class AgentRun(Generic[DepsT, OutputT]):
         if instructions and not has_system:
             parts.append(SystemPromptPart(instructions))
         if prompt is not None:
-            parts.append(UserPromptPart(prompt))
+            try:
+                parts.append(prompt_part(prompt))
+            except TypeError as exc:
+                raise UserError(f"Invalid prompt: {exc}. Pass a string or a list of strings and images.") from exc
         return ModelRequest(parts) if parts else None
 
-    async def run(self, prompt: str | None) -> RunResult[OutputT]:
+    async def run(self, prompt: Prompt | None) -> RunResult[OutputT]:
         """Execute the loop to its end and return the result; every exit emits exactly one terminal event."""
         first = self._first_request(prompt)
         if first is not None:
@@ -152,7 +157,8 @@ class AgentRun(Generic[DepsT, OutputT]):
             raise UnexpectedModelBehavior(
                 "A run needs a prompt or a message history that ends with a request; pass `prompt`.",
             )
-        await self._emit(RunStarted(self.run_id, self.agent.name, prompt))
+        text = prompt if isinstance(prompt, str) or prompt is None else prompt_part(prompt).content
+        await self._emit(RunStarted(self.run_id, self.agent.name, text))
         started = self.clock.now()
         try:
             with self.clock.deadline_scope(self.timeout_s) as scope:
