@@ -30,7 +30,7 @@ def _doc_examples() -> list[tuple[str, str]]:
 def _docstring_examples() -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for info in pkgutil.walk_packages(miniagent.__path__, "miniagent."):
-        if info.name.endswith((".local", ".openai_chat", "__main__")):
+        if info.name.endswith((".local", ".openai_chat", ".openai_responses", ".anthropic", "__main__")):
             continue  # their examples need weights or a server; covered by their own tests
         module = importlib.import_module(info.name)
         for name, obj in [(info.name, module), *vars(module).items()]:

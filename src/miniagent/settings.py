@@ -45,8 +45,10 @@ class Settings(BaseSettings):
     """Comma-separated names of model plugins (entry points) to load; unset loads all, empty loads only built-ins."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     """Level of miniagent's own log output."""
+    prices_file: Path | None = None
+    """A TOML or JSON price table (USD per million tokens) merged over the built-in one, to price runs' usage."""
 
-    @field_validator("local_model_path")
+    @field_validator("local_model_path", "prices_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

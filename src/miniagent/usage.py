@@ -19,9 +19,16 @@ class Usage:
     tool_calls: int = 0
     """Tool calls executed (successful or not)."""
     input_tokens: int = 0
-    """Prompt tokens sent to the model, as the model reported them."""
+    """Prompt tokens sent to the model, as the model reported them (cache reads included)."""
     output_tokens: int = 0
-    """Tokens the model generated."""
+    """Tokens the model generated (reasoning tokens included)."""
+    cache_read_tokens: int = 0
+    """The part of `input_tokens` read from the provider's prompt cache (billed at the cached-input price)."""
+    reasoning_tokens: int = 0
+    """The part of `output_tokens` spent on hidden reasoning."""
+    cost_usd: float | None = 0.0
+    """What the model responses cost in USD, from the provider-reported usage and the price table; `None` when
+    the price of a model used is unknown (an unknown part makes the whole total unknown, never zero)."""
 
     @property
     def total_tokens(self) -> int:
@@ -34,6 +41,9 @@ class Usage:
         self.tool_calls += other.tool_calls
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
+        self.cache_read_tokens += other.cache_read_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.cost_usd = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd + other.cost_usd
 
     def __add__(self, other: Usage) -> Usage:
         total = Usage()

@@ -53,7 +53,7 @@ def test_chat_with_a_user_agent_streams() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "anthropic:claude-sonnet-4-5"], "Anthropic provider"),
+        (["--model", "anthropic:claude-sonnet-4-5"], "ANTHROPIC_API_KEY"),
         (["--model", "opnai:gpt-4o"], "Did you mean 'openai'?"),
         (["--model", "openai:gpt-4o-mini"], "OPENAI_API_KEY"),
         (["--agent", "tests.cli.slow_agent:not_an_agent"], "is int, not a miniagent Agent"),

@@ -608,7 +608,9 @@ async def test_agent_run_with_a_tool_call(server: ChatServer, model: OpenAIChatM
     )
     result = await weather_agent(model).run("Weather in Paris?")
     assert result.output == "It is sunny in Paris."
-    assert result.usage == Usage(requests=2, tool_calls=1, input_tokens=50, output_tokens=11)
+    usage = result.usage
+    # Tokens only: the cost of the made-up 'gpt-test' is the price table's business (tests/test_cost*).
+    assert (usage.requests, usage.tool_calls, usage.input_tokens, usage.output_tokens) == (2, 1, 50, 11)
     assert result.model_name == "openai:gpt-test"
     second = server.received[1].body["messages"]
     assert second[-2:] == [

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from miniagent import Agent
-from miniagent.errors import ModelNotFoundError, UserError
+from miniagent.errors import MissingCredentialError, ModelNotFoundError, UserError
 from miniagent.models import Model, ModelRegistry, infer_model
 from miniagent.models.test import EchoModel
 from miniagent.settings import Settings
@@ -21,8 +21,8 @@ def test_unknown_provider_suggests_the_closest() -> None:
         infer_model("opneai:gpt-4o")
 
 
-def test_provider_not_in_this_release_says_so() -> None:
-    with pytest.raises(ModelNotFoundError, match="Anthropic provider"):
+def test_a_provider_without_its_key_names_the_variable() -> None:
+    with pytest.raises(MissingCredentialError, match="ANTHROPIC_API_KEY"):
         infer_model("anthropic:claude-sonnet-4-5")
 
 

@@ -40,11 +40,11 @@ from ..messages import (
     ModelRequest,
     ModelRequestPart,
     ModelResponse,
+    Prompt,
     RetryPromptPart,
     SystemPromptPart,
     ToolCallPart,
     ToolReturnPart,
-    Prompt,
     prompt_part,
 )
 from ..models import (
@@ -56,6 +56,7 @@ from ..models import (
     ThinkingChunk,
     ToolCallChunk,
 )
+from ..models._prices import price_response
 from ..tools import Tool
 from ..usage import Usage, UsageLimits
 from ._output import OutputSchema
@@ -201,9 +202,14 @@ class AgentRun(Generic[DepsT, OutputT]):
             self.step += 1
             await self._emit(ModelRequestStarted(self.run_id, self.step, self.model.name))
             response = await self._request()
+            # The one place usage becomes cost, for streamed and whole responses alike (a cached lookup per model).
+            cost = response.usage.cost_usd = price_response(response, self.model.name)
             self.usage.requests += 1
             self.usage.input_tokens += response.usage.input_tokens
             self.usage.output_tokens += response.usage.output_tokens
+            self.usage.cache_read_tokens += response.usage.cache_read_tokens
+            self.usage.reasoning_tokens += response.usage.reasoning_tokens
+            self.usage.cost_usd = None if cost is None or self.usage.cost_usd is None else self.usage.cost_usd + cost
             self.messages.append(response)
             await self._emit(ModelResponseReceived(self.run_id, self.step, response))
             await self._emit(UsageUpdated(self.run_id, self._usage_snapshot()))
@@ -225,7 +231,8 @@ class AgentRun(Generic[DepsT, OutputT]):
                     if chunk.delta:
                         await self._emit(TextDelta(self.run_id, self.step, chunk.delta))
                 elif isinstance(chunk, ThinkingChunk):
-                    await self._emit(ThinkingDelta(self.run_id, self.step, chunk.delta))
+                    if chunk.delta:  # a chunk may carry only a signature piece
+                        await self._emit(ThinkingDelta(self.run_id, self.step, chunk.delta))
                 elif isinstance(chunk, ToolCallChunk) and chunk.args_delta:
                     name = assembler.tool_name(chunk.index)
                     await self._emit(ToolCallArgsDelta(self.run_id, self.step, chunk.index, name, chunk.args_delta))

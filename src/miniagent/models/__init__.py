@@ -30,6 +30,7 @@ from ._base import (
     ToolCallChunk,
     ToolDefinition,
 )
+from ._prices import Price, get_price, price_usage, register_price, reload_prices
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -40,6 +41,7 @@ __all__ = [
     "ModelRegistry",
     "ModelRequestParameters",
     "ModelSettings",
+    "Price",
     "ProviderEntry",
     "ResponseAssembler",
     "StreamChunk",
@@ -48,9 +50,13 @@ __all__ = [
     "ThinkingChunk",
     "ToolCallChunk",
     "ToolDefinition",
+    "get_price",
     "infer_model",
+    "price_usage",
     "register_builtin_models",
+    "register_price",
     "registry",
+    "reload_prices",
 ]
 
 ModelFactory = Callable[[str, "Settings"], Model]
@@ -168,11 +174,16 @@ def _openai_compatible(name: str, settings: Settings) -> Model:
     return OpenAIChatModel.from_spec("openai-compatible", name, settings)
 
 
+def _openai_responses(name: str, settings: Settings) -> Model:
+    from .openai_responses import OpenAIResponsesModel
+
+    return OpenAIResponsesModel.from_spec(name, settings)
+
+
 def _anthropic(name: str, settings: Settings) -> Model:
-    raise ModelNotFoundError(
-        f"The Anthropic provider ('anthropic:{name}') is not part of this miniagent release yet; "
-        "use 'openai:...', 'openai-compatible:URL#model' or 'local' for now."
-    )
+    from .anthropic import AnthropicModel
+
+    return AnthropicModel.from_spec(name, settings)
 
 
 def _test(name: str, settings: Settings) -> Model:
@@ -188,5 +199,6 @@ def register_builtin_models(reg: ModelRegistry) -> None:
     reg.register(
         "openai-compatible", _openai_compatible, extra="openai", description="any OpenAI-compatible server by URL"
     )
+    reg.register("openai-responses", _openai_responses, extra="openai", description="OpenAI Responses API")
     reg.register("anthropic", _anthropic, extra="anthropic", description="Anthropic Messages")
     reg.register("test", _test, extra=None, description="echoes the prompt; no network, no weights")

@@ -113,6 +113,11 @@ class ThinkingChunk:
     """Position of the part in the response."""
     delta: str
     """The new reasoning text."""
+    _: KW_ONLY
+    signature: str | None = None
+    """A new piece of the provider's signature (or encrypted form) of this reasoning, appended to what came before."""
+    provider: str | None = None
+    """The provider that produced the reasoning, needed to send a signature back."""
 
 
 @dataclass(slots=True)
@@ -182,7 +187,11 @@ class ResponseAssembler:
             if isinstance(part, ThinkingPart):
                 part.content += chunk.delta
             else:
-                self._parts[chunk.index] = ThinkingPart(chunk.delta)
+                part = self._parts[chunk.index] = ThinkingPart(chunk.delta)
+            if chunk.signature:
+                part.signature = (part.signature or "") + chunk.signature
+            if chunk.provider:
+                part.provider = chunk.provider
         elif isinstance(chunk, ToolCallChunk):
             part = self._parts.get(chunk.index)
             if not isinstance(part, _PendingCall):
@@ -213,7 +222,7 @@ class ResponseAssembler:
             part = self._parts[index]
             if isinstance(part, _PendingCall):
                 parts.append(ToolCallPart(part.name, "".join(part.args), part.call_id or new_tool_call_id()))
-            elif part.content:
+            elif part.content or (isinstance(part, ThinkingPart) and part.signature):
                 parts.append(part)
         done = self._done or StreamDone()
         has_calls = any(isinstance(p, ToolCallPart) for p in parts)
@@ -240,7 +249,7 @@ def response_chunks(response: ModelResponse) -> list[StreamChunk]:
         if isinstance(part, TextPart):
             chunks.append(TextChunk(index, part.content))
         elif isinstance(part, ThinkingPart):
-            chunks.append(ThinkingChunk(index, part.content))
+            chunks.append(ThinkingChunk(index, part.content, signature=part.signature, provider=part.provider))
         else:
             chunks.append(
                 ToolCallChunk(

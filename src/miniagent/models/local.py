@@ -682,7 +682,9 @@ def _generate_blocking(loaded: _Loaded, job: _Job, stop: threading.Event, delive
         top_p=job.top_p,
         top_k=40,
         min_p=0.05,
-        repeat_penalty=1.0 if grammar is not None else 1.1,
+        # Small models loop ("12 * 7 is 88. 12 * 7 is 88. ..."), inside a constrained answer string too; the grammar
+        # still decides the structure, the penalty only reweighs the tokens it allows.
+        repeat_penalty=1.1,
         grammar=grammar,
     )
     try:
