@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import statistics
@@ -10,8 +11,11 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 RunOnce = Callable[[], Awaitable[object]]
@@ -134,6 +138,42 @@ def import_ms(python: str, statement: str, *, repeat: int = 3) -> float:
     bare = statistics.median(timed("pass") for _ in range(repeat))
     full = statistics.median(timed(statement) for _ in range(repeat))
     return max(full - bare, 0.0) * 1000
+
+
+@contextlib.contextmanager
+def stub_process(script: Path) -> Iterator[str]:
+    """Run a stub server script in its own process; yield its root URL (`http://127.0.0.1:<port>`).
+
+    The script prints `PORT <n>` once it listens; this waits until it answers HTTP (any status).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port", "0"], stdout=subprocess.PIPE, text=True, env=quiet_env()
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"the stub server did not start (it printed {line!r}); run {script} to see why")
+        root = f"http://127.0.0.1:{int(line.split()[1])}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(root + "/ready", timeout=1).close()
+                break
+            except urllib.error.HTTPError:  # it answers: up
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def quiet_env() -> dict[str, str]:

@@ -37,43 +37,8 @@ PEER_ORDER = ["raw", "openai-agents", "pydantic-ai", "agno", "langgraph"]
 @contextlib.contextmanager
 def stub_server() -> Iterator[str]:
     """Run the stub in its own process; yield its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "stub_server.py"), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=_harness.quiet_env(),
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("PORT "):
-            raise RuntimeError(
-                f"the stub server did not start (it printed {line!r}); run bench/stub_server.py to see why"
-            )
-        base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
-        _wait_until_up(base_url)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_until_up(base_url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(base_url + "/ready", timeout=1)
-            return
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    with _harness.stub_process(BENCH / "stub_server.py") as root:
+        yield root + "/v1"
 
 
 def miniagent_agent(base_url: str) -> tuple[Agent[None, str], OpenAIChatModel]:

@@ -111,8 +111,9 @@ async def _send(send: Send, status: int, content_type: bytes, data: bytes) -> No
     await send({"type": "http.response.body", "body": data})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def serve(asgi_app: Callable[[Scope, Receive, Send], Awaitable[None]], description: str | None) -> None:
+    """Parse `--port`, listen on 127.0.0.1, print `PORT <n>` and serve `asgi_app` until killed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     args = parser.parse_args()
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose `proto` says TCP, and without it
@@ -122,10 +123,14 @@ def main() -> None:
     sock.bind(("127.0.0.1", args.port))
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(
-        app, lifespan="off", ws="none", log_level="warning", access_log=False, backlog=4096, timeout_keep_alive=30
+        asgi_app, lifespan="off", ws="none", log_level="warning", access_log=False, backlog=4096, timeout_keep_alive=30
     )
     uvicorn.Server(config).run(sockets=[sock])
     sys.exit(0)
+
+
+def main() -> None:
+    serve(app, __doc__.splitlines()[0] if __doc__ else None)
 
 
 if __name__ == "__main__":

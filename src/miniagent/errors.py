@@ -198,9 +198,7 @@ class ModelHTTPError(ModelAPIError):
     ) -> None:
         if retryable is None and type(self) is ModelHTTPError:
             retryable = status_code in (408, 409, 425, 429) or status_code >= 500
-        super().__init__(
-            message, model_name=model_name, provider=provider, request_id=request_id, retryable=retryable
-        )
+        super().__init__(message, model_name=model_name, provider=provider, request_id=request_id, retryable=retryable)
         self.status_code = status_code
         self.body = body
 

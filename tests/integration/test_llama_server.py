@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import httpx2
 import pytest
+from pydantic import BaseModel
 
 from miniagent import Agent
 from miniagent.errors import ModelAPIError, ModelHTTPError
@@ -153,6 +154,29 @@ async def test_streamed_agent_run_with_a_tool_call(servers: dict[str, str], serv
     assert len(finished) == 1
     last = events[-1]
     assert isinstance(last, RunFinished) and isinstance(last.output, str) and last.output.strip()
+
+
+class City(BaseModel):
+    name: str
+    population: int
+
+
+@pytest.mark.parametrize("server", ["default", "functions"])
+async def test_agent_run_with_structured_output(servers: dict[str, str], server: str) -> None:
+    # With one output tool and no other tools the profile names `final_result`, so the server's grammar makes the
+    # model's call fit the schema: the values may be nonsense, but they validate.
+    agent = Agent(
+        model=f"openai-compatible:{servers[server]}?profile=llama-cpp#smollm2",
+        output_type=City,
+        model_settings=ModelSettings(max_tokens=48, temperature=0.0, seed=1),
+        output_retries=0,
+    )
+    result = await agent.run("Paris has about two million people. Give the city and its population.")
+    assert type(result.output) is City
+    assert City.model_validate_json(result.output.model_dump_json()) == result.output  # a str and an int
+    assert result.usage.requests == 1
+    (response,) = [m for m in result.messages if isinstance(m, ModelResponse)]
+    assert [c.tool_name for c in response.tool_calls] == ["final_result"]
 
 
 # ---- the quirks the profile encodes ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from miniagent import Agent
 from miniagent.errors import (
@@ -820,3 +820,93 @@ def test_run_sync_twice_reuses_the_model_across_event_loops(server: ReplayServer
     agent = Agent(model=model_for(server, "claude-test"))
     assert agent.run_sync("1").output == "one"
     assert agent.run_sync("2").output == "two"
+
+
+# ---- structured output through the agent loop ---------------------------------------------------------------
+
+
+class City(BaseModel):
+    """A city and its population."""
+
+    name: str
+    population: int
+
+
+BAD_CITY = {"name": "Paris", "population": "lots"}
+GOOD_CITY = {"name": "Paris", "population": 2100000}
+CITY_ERROR = (
+    "Validation failed:\n- population: Input should be a valid integer, unable to parse string as an integer"
+    "\n\nFix the errors and try again."
+)
+
+
+def assert_city_run_requests(server: ReplayServer) -> None:
+    """Both requests offered only `final_result` with `any`; the second answered the bad call with the error."""
+    first, second = (r.body for r in server.received)
+    for body in (first, second):
+        assert body["tool_choice"] == {"type": "any"}
+        assert [t["name"] for t in body["tools"]] == ["final_result"]
+        schema = body["tools"][0]["input_schema"]
+        assert schema["properties"] == {"name": {"type": "string"}, "population": {"type": "integer"}}
+        assert sorted(schema["required"]) == ["name", "population"]
+    assert second["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "The biggest city in France?"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "final_result", "input": BAD_CITY}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": CITY_ERROR, "is_error": True}],
+        },
+    ]
+
+
+async def test_structured_output_with_a_validation_retry(server: ReplayServer) -> None:
+    def final_result(call_id: str, args: dict[str, Any]) -> Interaction:
+        block = {"type": "tool_use", "id": call_id, "name": "final_result", "input": args}
+        return json_reply(message_json([block], "tool_use"))
+
+    server.serve([final_result("toolu_1", BAD_CITY), final_result("toolu_2", GOOD_CITY)])
+    model = model_for(server, "claude-test")
+    result = await Agent(model=model, output_type=City).run("The biggest city in France?")
+    assert result.output == City(name="Paris", population=2100000)
+    assert result.usage.requests == 2
+    assert_city_run_requests(server)
+    assert all("stream" not in r.body or r.body["stream"] is False for r in server.received)
+    await model.aclose()
+
+
+async def test_streamed_structured_output_with_a_validation_retry(server: ReplayServer) -> None:
+    def final_result(call_id: str, pieces: list[str]) -> Interaction:
+        start = {"type": "tool_use", "id": call_id, "name": "final_result", "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+        return sse_reply(stream_events([(start, deltas)], "tool_use"))
+
+    server.serve(
+        [
+            final_result("toolu_1", ['{"name": "Par', 'is", "population": ', '"lots"}']),
+            final_result("toolu_2", ['{"name": "Pa', 'ris", "popu', 'lation": 2100', "000}"]),
+        ]
+    )
+    model = model_for(server, "claude-test")
+    outputs: list[City] = []
+    async with Agent(model=model, output_type=City).run_stream("The biggest city in France?") as run:
+        async for output in run.stream_output():
+            outputs.append(output)
+    *partials, final = outputs
+    assert final == City(name="Paris", population=2100000)
+    # Partial objects from both attempts (the first one's bad `population` stays unset), then the validated output.
+    assert [(p.name, p.population) for p in partials] == [
+        ("Par", None),
+        ("Paris", None),
+        ("Pa", None),
+        ("Paris", None),
+        ("Paris", 2100),
+        ("Paris", 2100000),
+    ]
+    assert all(isinstance(p, City) for p in outputs)
+    assert (await run.get_output()) == final
+    assert_city_run_requests(server)
+    assert all(r.body["stream"] is True for r in server.received)
+    await model.aclose()

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 import pytest
 import uvicorn
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+from pydantic import BaseModel
 
 from miniagent import Agent, ModelRequest, ModelResponse, TextPart, ThinkingPart, ToolCallPart, ToolReturnPart
 from miniagent.errors import MissingCredentialError, ModelAPIError, ModelHTTPError, UserError
@@ -716,3 +717,85 @@ def test_bad_arguments() -> None:
         OpenAIChatModel("m", provider="azure", api_key="k")  # type: ignore[arg-type]
     with pytest.raises(UserError, match="model_name"):
         OpenAIChatModel("", api_key="k")
+
+
+# ---- structured output through the agent loop ---------------------------------------------------------------
+
+
+class City(BaseModel):
+    """A city and its population."""
+
+    name: str
+    population: int
+
+
+BAD_CITY = '{"name": "Paris", "population": "lots"}'
+GOOD_CITY = '{"name": "Paris", "population": 2100000}'
+CITY_ERROR = (
+    "Validation failed:\n- population: Input should be a valid integer, unable to parse string as an integer"
+    "\n\nFix the errors and try again."
+)
+
+
+def assert_city_run_requests(server: ChatServer) -> None:
+    """Both requests offered only `final_result` with `required`; the second answered the bad call with the error."""
+    first, second = (r.body for r in server.received)
+    for body in (first, second):
+        assert body["tool_choice"] == "required"
+        assert [t["function"]["name"] for t in body["tools"]] == ["final_result"]
+        parameters = body["tools"][0]["function"]["parameters"]
+        assert parameters["properties"] == {"name": {"type": "string"}, "population": {"type": "integer"}}
+        assert sorted(parameters["required"]) == ["name", "population"]
+    assert second["messages"][-2:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "final_result", "arguments": BAD_CITY}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": CITY_ERROR},
+    ]
+
+
+async def test_structured_output_with_a_validation_retry(server: ChatServer, model: OpenAIChatModel) -> None:
+    server.script(
+        completion(None, calls=[("call_1", "final_result", BAD_CITY)], finish="tool_calls"),
+        completion(None, calls=[("call_2", "final_result", GOOD_CITY)], finish="tool_calls"),
+    )
+    result = await Agent(model=model, output_type=City).run("The biggest city in France?")
+    assert result.output == City(name="Paris", population=2100000)
+    assert result.usage.requests == 2
+    assert_city_run_requests(server)
+    assert all("stream" not in r.body or r.body["stream"] is False for r in server.received)
+
+
+async def test_streamed_structured_output_with_a_validation_retry(server: ChatServer, model: OpenAIChatModel) -> None:
+    def call(call_id: str, pieces: list[str]) -> Reply:
+        start = {"index": 0, "id": call_id, "type": "function", "function": {"name": "final_result", "arguments": ""}}
+        deltas = [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
+        return Reply(events=[chunk({"tool_calls": [start]}), *deltas, chunk({}, finish="tool_calls")])
+
+    server.script(
+        call("call_1", ['{"name": "Par', 'is", "population": ', '"lots"}']),
+        call("call_2", ['{"name": "Pa', 'ris", "popu', 'lation": 2100', "000}"]),
+    )
+    outputs: list[City] = []
+    async with Agent(model=model, output_type=City).run_stream("The biggest city in France?") as run:
+        async for output in run.stream_output():
+            outputs.append(output)
+    *partials, final = outputs
+    assert final == City(name="Paris", population=2100000)
+    # Partial objects from both attempts (the first one's bad `population` stays unset), then the validated output.
+    assert [(p.name, p.population) for p in partials] == [
+        ("Par", None),
+        ("Paris", None),
+        ("Pa", None),
+        ("Paris", None),
+        ("Paris", 2100),
+        ("Paris", 2100000),
+    ]
+    assert all(isinstance(p, City) for p in outputs)
+    assert (await run.get_output()) == final
+    assert_city_run_requests(server)
+    assert all(r.body["stream"] is True for r in server.received)

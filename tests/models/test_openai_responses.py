@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from miniagent import Agent
 from miniagent.errors import (
@@ -866,3 +867,80 @@ async def test_aclose_and_reuse(server: ReplayServer) -> None:
     assert (await model.request(HELLO, None, NO_TOOLS)).text == "b"  # a closed model opens a new pool on demand
     await model.aclose()
     await model.aclose()
+
+
+# ---- structured output through the agent loop ------------------------------------------------------------------
+
+
+class City(BaseModel):
+    """A city and its population."""
+
+    name: str
+    population: int
+
+
+BAD_CITY = '{"name": "Paris", "population": "lots"}'
+GOOD_CITY = '{"name": "Paris", "population": 2100000}'
+CITY_ERROR = (
+    "Validation failed:\n- population: Input should be a valid integer, unable to parse string as an integer"
+    "\n\nFix the errors and try again."
+)
+
+
+def assert_city_run_requests(server: ReplayServer) -> None:
+    """Both requests offered only `final_result` with `required`; the second answered the bad call with the error."""
+    first, second = (r.body for r in server.received)
+    for body in (first, second):
+        assert body["tool_choice"] == "required"
+        assert [t["name"] for t in body["tools"]] == ["final_result"]
+        parameters = body["tools"][0]["parameters"]
+        assert parameters["properties"] == {"name": {"type": "string"}, "population": {"type": "integer"}}
+        assert sorted(parameters["required"]) == ["name", "population"]
+    assert second["input"] == [
+        {"role": "user", "content": "The biggest city in France?"},
+        {"type": "function_call", "call_id": "c1", "name": "final_result", "arguments": BAD_CITY},
+        {"type": "function_call_output", "call_id": "c1", "output": CITY_ERROR},
+    ]
+    assert not server.pending
+
+
+async def test_structured_output_with_a_validation_retry(server: ReplayServer) -> None:
+    server.serve(
+        [
+            json_reply(response_body([call("c1", "final_result", BAD_CITY)])),
+            json_reply(response_body([call("c2", "final_result", GOOD_CITY)])),
+        ]
+    )
+    result = await Agent(model=make_model(server), output_type=City).run("The biggest city in France?")
+    assert result.output == City(name="Paris", population=2100000)
+    assert result.usage.requests == 2
+    assert_city_run_requests(server)
+    assert all(r.body["stream"] is False for r in server.received)
+
+
+async def test_streamed_structured_output_with_a_validation_retry(server: ReplayServer) -> None:
+    server.serve(
+        [
+            sse_reply(call_events("c1", "final_result", ['{"name": "Par', 'is", "population": ', '"lots"}'])),
+            sse_reply(call_events("c2", "final_result", ['{"name": "Pa', 'ris", "popu', 'lation": 2100', "000}"])),
+        ]
+    )
+    outputs: list[City] = []
+    async with Agent(model=make_model(server), output_type=City).run_stream("The biggest city in France?") as run:
+        async for output in run.stream_output():
+            outputs.append(output)
+    *partials, final = outputs
+    assert final == City(name="Paris", population=2100000)
+    # Partial objects from both attempts (the first one's bad `population` stays unset), then the validated output.
+    assert [(p.name, p.population) for p in partials] == [
+        ("Par", None),
+        ("Paris", None),
+        ("Pa", None),
+        ("Paris", None),
+        ("Paris", 2100),
+        ("Paris", 2100000),
+    ]
+    assert all(isinstance(p, City) for p in outputs)
+    assert (await run.get_output()) == final
+    assert_city_run_requests(server)
+    assert all(r.body["stream"] is True for r in server.received)
