@@ -4,6 +4,7 @@
 it, miniagent and a hand-written loop on the raw `openai` SDK doing the same job: two model calls and two tool
 calls per run. Peer frameworks (openai-agents, pydantic-ai, agno, langgraph) are measured too, each in its own
 process, with `--peers-python PATH` or `.venv-peers/bin/python` when it exists (`make bench-peers` builds it).
+Section (e), `providers.py`, measures each provider adapter against the bare SDK call, with `stub_providers.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 import _harness
+import providers
 from _harness import INSTRUCTIONS, PROMPT, Result, check_answer, get_time, get_weather
 from _raw import raw_client, raw_run_once
 from miniagent import Agent, OpenAIChatModel
@@ -185,6 +187,8 @@ def main() -> None:
     parser.add_argument("--import-repeat", type=int, default=3, help="fresh processes per import timing")
     parser.add_argument("--peers-python", help="interpreter with the peers installed (default: .venv-peers if present)")
     parser.add_argument("--no-peers", action="store_true", help="measure miniagent and the raw SDK only")
+    parser.add_argument("--no-providers", action="store_true", help="skip (e), the provider adapters")
+    providers.add_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     _harness.apply_quiet_env()  # no proxies (traffic stays on 127.0.0.1), no telemetry, a fake key
@@ -220,10 +224,26 @@ def main() -> None:
         elif not args.no_peers:
             console.print("  peers: none (run `make bench-peers` or pass --peers-python to include them)")
 
+    provider_rows: list[providers.Row] = []
+    if not args.no_providers:
+        console.print("  measuring (e) provider adapters ...")
+        with _harness.stub_process(BENCH / "stub_providers.py") as root:
+            provider_rows = providers.run_section(root, args)
+
     render(console, local, imports, peers, args)
+    if provider_rows:
+        console.print(
+            providers.render(
+                provider_rows,
+                requests=args.provider_requests,
+                warmup=args.provider_warmup,
+                rounds=args.provider_rounds,
+            )
+        )
     console.print(f"took {time.monotonic() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps([r.as_dict() for r in [*imports, *peers]], indent=2))
+        figures = [r.as_dict() for r in [*imports, *peers]] + [row.as_dict() for row in provider_rows]
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -144,3 +144,14 @@ async def test_events_and_messages_serialize_round_trip() -> None:
         assert event_from_json(event_to_json(event)).kind == event.kind
     result = await Agent(model=ScriptedModel([tool_call_response(("echo", {"text": "a"})), "b"]), tools=[echo]).run("x")
     assert messages_from_json(messages_to_json(result.messages)) == result.messages
+
+
+async def test_a_number_still_streaming_is_not_shown_early() -> None:
+    pieces = ['{"name": "Ada", "age": 3', '6, "city": "Oslo"}']
+    chunks: list[StreamChunk | str] = [ToolCallChunk(0, tool_name="final_result", tool_call_id="c1")]
+    chunks += [ToolCallChunk(0, args_delta=p) for p in pieces]
+    agent = Agent(model=ScriptedModel([chunks]), output_type=Profile)
+    async with agent.run_stream("who?") as run:
+        ages = [vars(o)["age"] for o in [o async for o in run.stream_output()]]
+    assert 3 not in ages
+    assert ages[-1] == 36

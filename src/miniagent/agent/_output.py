@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from functools import cache
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_args, get_origin
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 OutputT = TypeVar("OutputT")
 
 OUTPUT_TOOL_NAME = "final_result"
+_TRAILING_NUMBER = re.compile(r"(?<=[:,\[])\s*-?[0-9][0-9.eE+-]*$")
 _WRAP_KEY = "response"
 
 
@@ -108,6 +110,10 @@ class OutputSchema(Generic[OutputT]):
         import pydantic_core
         from pydantic import BaseModel, ValidationError
 
+        # A number at the very end may still be growing ("2100" of "2100000"): leave it out until it is complete.
+        trailing = _TRAILING_NUMBER.search(args_so_far)
+        if trailing is not None:
+            args_so_far = args_so_far[: trailing.start()]
         try:
             data = pydantic_core.from_json(args_so_far, allow_partial="trailing-strings")
         except ValueError:

@@ -891,14 +891,25 @@ class _EventMapper:
 
     def done(self) -> StreamDone:
         """Usage and metadata of the response so far."""
-        # The chunks carry thinking signatures and redacted blocks, so the assembled response has the same parts as
-        # `response()`: its details (redacted positions included) apply as they are.
-        complete = self.response()
+        # The chunks carry thinking signatures and redacted blocks, so the assembled response has the parts that
+        # `response()` would build; count their positions the same way without building them (this runs per stream).
+        redacted: list[int] = []
+        position = 0
+        has_calls = False
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            if block.kind == "redacted":
+                redacted.append(position)
+            elif block.kind == "tool":
+                has_calls = True
+            elif not (block.text or (block.kind == "thinking" and block.signature)) or block.kind == "other":
+                continue
+            position += 1
         return StreamDone(
-            usage=complete.usage,
-            model_name=complete.model_name,
-            finish_reason=complete.finish_reason,
-            provider_details=complete.provider_details,
+            usage=self._usage_total(),
+            model_name=self._model,
+            finish_reason=self._finish(has_calls),
+            provider_details=self._details(redacted) or None,
         )
 
     def response(self) -> ModelResponse:
