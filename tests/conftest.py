@@ -15,8 +15,10 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees a real key, a proxy or the developer's miniagent settings."""
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees a real key, a proxy or the developer's miniagent settings, nor writes to the real data dir."""
     for name in list(os.environ):
         if name.upper().startswith(_CLEARED_PREFIXES):
             monkeypatch.delenv(name, raising=False)
+    # The default store (chat, runs with a thread) lives in a temp dir, inherited by subprocesses too.
+    monkeypatch.setenv("MINIAGENT_DATA_DIR", str(tmp_path_factory.mktemp("data")))

@@ -27,6 +27,7 @@ from .errors import (
 )
 from .events import (
     AgentEvent,
+    HistoryFitted,
     ModelRequestStarted,
     ModelResponseReceived,
     RetryScheduled,
@@ -113,6 +114,7 @@ __all__ = [
     "UserPromptPart",
     # events
     "AgentEvent",
+    "HistoryFitted",
     "ModelRequestStarted",
     "ModelResponseReceived",
     "RetryScheduled",

@@ -9,6 +9,9 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 │   ├── OptionalDependencyError     a feature needs an extra that is not installed
 │   ├── MissingCredentialError      a provider needs a key that is not set
 │   └── ModelFileError              the local model file is missing or not a valid GGUF
+├── StoreError                      the store (SQLite / PostgreSQL) failed: unreachable, corrupt, read-only, no schema
+│   ├── ThreadNotFound              no such thread for this user and tenant (never another user's data)
+│   └── ThreadConflict              another writer moved the thread's leaf first: reload and retry
 ├── RunError                        a run failed; carries the messages and usage so nothing is lost
 │   ├── UsageLimitExceeded          a step, request, token or tool-call limit was reached
 │   ├── UnexpectedModelBehavior     the model kept returning output we cannot use
@@ -52,6 +55,9 @@ __all__ = [
     "OutputTypeError",
     "RunError",
     "RunTimeout",
+    "StoreError",
+    "ThreadConflict",
+    "ThreadNotFound",
     "ToolDefinitionError",
     "ToolRetriesExceeded",
     "UnexpectedModelBehavior",
@@ -114,6 +120,21 @@ class MissingCredentialError(UserError):
 
 class ModelFileError(UserError):
     """The local model's weights file is missing, unreadable or not a valid GGUF file."""
+
+
+class StoreError(MiniAgentError):
+    """The store failed: the database is unreachable, corrupt, read-only or has no schema; the message says what to do.
+
+    A store operation is one transaction: when this is raised, nothing of that operation was written.
+    """
+
+
+class ThreadNotFound(StoreError):
+    """No thread (or message) with that id exists for this user and tenant."""
+
+
+class ThreadConflict(StoreError):
+    """Another writer appended to the thread first (its leaf moved): reload the thread and retry."""
 
 
 class RunError(MiniAgentError):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentEvent",
+    "HistoryFitted",
     "ModelRequestStarted",
     "ModelResponseReceived",
     "RetryScheduled",
@@ -65,6 +66,37 @@ class ModelRequestStarted:
     """The model being asked."""
     _: KW_ONLY
     kind: Literal["model-request-started"] = "model-request-started"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class HistoryFitted:
+    """The history sent with a model request was fitted to the token budget of the agent's working memory.
+
+    Emitted after `ModelRequestStarted` when messages were replaced by a summary; the fitted messages themselves
+    are in the working memory's `last_fit`.
+    """
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step whose request was fitted."""
+    kept: int
+    """Messages of the history sent verbatim."""
+    evicted: int
+    """Messages of the history replaced by the summary."""
+    tokens_before: int
+    """Tokens of the full history."""
+    tokens_after: int
+    """Tokens of the history as sent."""
+    budget: int
+    """The token budget."""
+    _: KW_ONLY
+    summary: str | None = None
+    """The summary sent at the start of the history."""
+    summary_requests: int = 0
+    """Requests made to the summary model for this fit (0 when the stored summary was reused)."""
+    kind: Literal["history-fitted"] = "history-fitted"
     """Tag that identifies this event type."""
 
 
@@ -260,6 +292,7 @@ class RunCancelled:
 AgentEvent: TypeAlias = Annotated[
     RunStarted
     | ModelRequestStarted
+    | HistoryFitted
     | TextDelta
     | ThinkingDelta
     | ToolCallArgsDelta

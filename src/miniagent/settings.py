@@ -48,7 +48,18 @@ class Settings(BaseSettings):
     prices_file: Path | None = None
     """A TOML or JSON price table (USD per million tokens) merged over the built-in one, to price runs' usage."""
 
-    @field_validator("local_model_path", "prices_file")
+    database_url: str | None = None
+    """The store's database: unset means a SQLite file under `data_dir`; `postgresql+asyncpg://user:pw@host/db`
+    for PostgreSQL (the `postgres` extra); `sqlite+aiosqlite:///path.db` for another SQLite file."""
+    data_dir: Path | None = None
+    """Where the embedded store keeps its SQLite file; unset means the user data dir (platformdirs)."""
+    tenant_id: str = "default"
+    """The tenant of rows written by this process (the embedded setup has one)."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """Default time to live of a thread without activity, in days, for `miniagent prune`; unset keeps everything
+    (a tenant's or a thread's own `retention_days` wins)."""
+
+    @field_validator("local_model_path", "prices_file", "data_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

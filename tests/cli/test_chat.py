@@ -108,3 +108,32 @@ def test_demo_calculator() -> None:
     assert calculate("-2 ** 2") == -4
     with pytest.raises(ValueError, match="unsupported"):
         calculate("__import__('os')")
+
+
+def test_chat_keeps_conversations_in_the_store_and_resumes_them() -> None:
+    first = _miniagent("chat", "--model", "test", stdin="remember me\n/exit\n")
+    assert first.returncode == 0, first.stderr
+    resumed = _miniagent("chat", "--model", "test", "--resume", "latest", stdin="/threads\nagain\n/branch\n/exit\n")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed conversation" in resumed.stdout and "2 messages)" in resumed.stdout
+    assert "remember me" in resumed.stdout  # the thread's title in /threads
+    assert "bot> echo: again" in resumed.stdout
+    assert "* 1. 4 messages" in resumed.stdout
+
+
+def test_chat_resume_of_an_unknown_thread_is_a_clear_error() -> None:
+    proc = _miniagent("chat", "--model", "test", "--resume", "nope", stdin="")
+    assert proc.returncode == 1
+    assert "No thread 'nope'" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_migrate_and_prune_commands(tmp_path: Path) -> None:
+    env = {"MINIAGENT_DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["migrate"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "store at revision 0001" in result.output
+    assert (tmp_path / "miniagent.db").exists()
+    result = CliRunner().invoke(app, ["prune"], env={**env, "MINIAGENT_RETENTION_DAYS": "30"})
+    assert result.exit_code == 0, result.output
+    assert "pruned 0 thread(s)" in result.output

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from .._utils import SYSTEM_CLOCK, Clock, run_until_complete
 from ..errors import UserError
-from ..events import AgentEvent
+from ..events import AgentEvent, HistoryFitted
 from ..messages import ModelMessage, Prompt
 from ..models import Model, ModelRequestParameters, ModelSettings, infer_model
 from ..tools import Tool, ToolFunc
@@ -17,6 +17,11 @@ from ._output import OutputSchema, check_output_type
 from ._result import RunResult
 from ._run import AgentRun, EventSink
 from ._stream import StreamedRun
+
+if TYPE_CHECKING:
+    from ..memory import WorkingMemory
+    from ..store import SQLStore
+    from ._persist import RunRecorder
 
 __all__ = ["Agent", "RunResult", "StreamedRun"]
 
@@ -66,6 +71,10 @@ class Agent(Generic[DepsT, OutputT]):
         tool_timeout: Default timeout of a tool call in seconds; a hung tool never hangs a run.
         model_settings: Sampling settings for every request.
         clock: The clock for timeouts and durations (tests inject `ManualClock`).
+        working_memory: Fits the history to a token budget before each model request, summarizing older
+            messages (see [`WorkingMemory`][miniagent.memory.WorkingMemory]); `None` sends the whole history.
+        store: Where runs with a `thread_id` or `user_id` are saved (default: the configured store,
+            [`open_store()`][miniagent.store.open_store]).
     """
 
     __slots__ = (
@@ -84,6 +93,8 @@ class Agent(Generic[DepsT, OutputT]):
         "_tools",
         "_schema",
         "_params",
+        "_working_memory",
+        "store",
     )
 
     @overload
@@ -103,6 +114,8 @@ class Agent(Generic[DepsT, OutputT]):
         tool_timeout: float = 60.0,
         model_settings: ModelSettings | None = None,
         clock: Clock | None = None,
+        working_memory: WorkingMemory | None = None,
+        store: SQLStore | None = None,
     ) -> None: ...
 
     @overload
@@ -122,6 +135,8 @@ class Agent(Generic[DepsT, OutputT]):
         tool_timeout: float = 60.0,
         model_settings: ModelSettings | None = None,
         clock: Clock | None = None,
+        working_memory: WorkingMemory | None = None,
+        store: SQLStore | None = None,
     ) -> None: ...
 
     @overload
@@ -141,6 +156,8 @@ class Agent(Generic[DepsT, OutputT]):
         tool_timeout: float = 60.0,
         model_settings: ModelSettings | None = None,
         clock: Clock | None = None,
+        working_memory: WorkingMemory | None = None,
+        store: SQLStore | None = None,
     ) -> None: ...
 
     @overload
@@ -160,6 +177,8 @@ class Agent(Generic[DepsT, OutputT]):
         tool_timeout: float = 60.0,
         model_settings: ModelSettings | None = None,
         clock: Clock | None = None,
+        working_memory: WorkingMemory | None = None,
+        store: SQLStore | None = None,
     ) -> None: ...
 
     def __init__(
@@ -178,6 +197,8 @@ class Agent(Generic[DepsT, OutputT]):
         tool_timeout: float = 60.0,
         model_settings: ModelSettings | None = None,
         clock: Clock | None = None,
+        working_memory: WorkingMemory | None = None,
+        store: SQLStore | None = None,
     ) -> None:
         if model is not None and not isinstance(cast(object, model), (Model, str)):
             raise UserError(
@@ -217,6 +238,8 @@ class Agent(Generic[DepsT, OutputT]):
         self._tools: dict[str, Tool[DepsT]] = {}
         self._schema: OutputSchema[OutputT] | None = None
         self._params: ModelRequestParameters | None = None
+        self._working_memory = working_memory
+        self.store = store
         for tool in tools:
             self._add_tool(tool if isinstance(tool, Tool) else Tool(tool))
 
@@ -304,6 +327,34 @@ class Agent(Generic[DepsT, OutputT]):
         finally:
             self._override_model = previous
 
+    @property
+    def working_memory(self) -> WorkingMemory | None:
+        """The working memory that fits each request's history, if any; its `last_fit` shows what was sent."""
+        return self._working_memory
+
+    async def _fit_history(self, run: AgentRun[DepsT, OutputT]) -> list[ModelMessage]:
+        """The run's history fitted by the working memory; summary requests count in the run's usage."""
+        memory = self._working_memory
+        assert memory is not None
+        key = run.recorder.thread_id if run.recorder is not None else None  # a stored thread keys its summary
+        fit = await memory.fit(run.messages, model=run.model, key=key)
+        if fit.evicted:
+            run.usage.incr(fit.summary_usage)
+            await run._emit(
+                HistoryFitted(
+                    run.run_id,
+                    run.step,
+                    fit.kept,
+                    fit.evicted,
+                    fit.tokens_before,
+                    fit.tokens_after,
+                    fit.budget,
+                    summary=fit.summary,
+                    summary_requests=fit.summary_requests,
+                )
+            )
+        return fit.messages
+
     # ---- running -----------------------------------------------------------------------------------------
 
     def _new_run(
@@ -318,6 +369,7 @@ class Agent(Generic[DepsT, OutputT]):
         timeout: float | None,
         sink: EventSink | None,
         stream: bool,
+        recorder: RunRecorder | None = None,
     ) -> AgentRun[DepsT, OutputT]:
         if timeout is not None and not timeout > 0:
             raise UserError(f"`timeout` must be a positive number of seconds or None, got {timeout!r}.")
@@ -334,7 +386,38 @@ class Agent(Generic[DepsT, OutputT]):
             stream=stream,
             timeout_s=timeout,
             clock=self.clock,
+            recorder=recorder,
         )
+
+    async def _execute(
+        self,
+        prompt: Prompt | None,
+        *,
+        sink: EventSink | None,
+        stream: bool,
+        store: SQLStore | None,
+        thread_id: str | None,
+        user_id: str | None,
+        message_history: list[ModelMessage] | None,
+        **run_args: Any,
+    ) -> RunResult[OutputT]:
+        if thread_id is None and user_id is None and store is None:
+            run = self._new_run(message_history=message_history, sink=sink, stream=stream, **run_args)
+            return await run.run(prompt)
+        if message_history is not None:
+            raise UserError(
+                "Pass either `message_history` or `thread_id`/`user_id`/`store` (the history then comes from the "
+                "store), not both."
+            )
+        from ._persist import open_recorder
+
+        async with open_recorder(store or self.store, thread_id=thread_id, user_id=user_id) as (recorder, history):
+            run = self._new_run(
+                message_history=history, sink=recorder.sink(sink), stream=stream, recorder=recorder, **run_args
+            )
+            result = await run.run(prompt)
+            result.thread_id = recorder.thread_id
+            return result
 
     async def run(
         self,
@@ -348,6 +431,9 @@ class Agent(Generic[DepsT, OutputT]):
         model_settings: ModelSettings | None = None,
         timeout: float | None = None,
         event_sink: EventSink | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        store: SQLStore | None = None,
     ) -> RunResult[OutputT]:
         """Run the agent on `prompt` until it produces its final output.
 
@@ -361,22 +447,31 @@ class Agent(Generic[DepsT, OutputT]):
             model_settings: Sampling settings for this run, over the agent's.
             timeout: Deadline of the whole run in seconds; exceeding it raises `RunTimeout`.
             event_sink: An async callable receiving every event, in order.
+            thread_id: Continue this stored thread: its history is loaded from the store, and the user's message,
+                each step and the events are saved as the run goes (`ThreadNotFound` if it is not this user's).
+            user_id: The user the thread belongs to; with no `thread_id`, a new thread is started
+                (`result.thread_id`).
+            store: The store for this run (default: the agent's, else the configured one).
 
         Raises:
             RunError: the run failed; the error carries its messages and usage.
+            StoreError: the store failed (`ThreadNotFound`, `ThreadConflict` when another run moved the thread).
         """
-        agent_run = self._new_run(
-            deps=deps,
+        return await self._execute(
+            prompt,
+            sink=event_sink,
+            stream=event_sink is not None,
+            store=store,
+            thread_id=thread_id,
+            user_id=user_id,
             message_history=message_history,
+            deps=deps,
             model=model,
             usage_limits=usage_limits,
             usage=usage,
             model_settings=model_settings,
             timeout=timeout,
-            sink=event_sink,
-            stream=event_sink is not None,
         )
-        return await agent_run.run(prompt)
 
     def run_sync(
         self,
@@ -389,6 +484,9 @@ class Agent(Generic[DepsT, OutputT]):
         usage: Usage | None = None,
         model_settings: ModelSettings | None = None,
         timeout: float | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        store: SQLStore | None = None,
     ) -> RunResult[OutputT]:
         """[`run`][miniagent.agent.Agent.run] from synchronous code (not inside an event loop)."""
         return run_until_complete(
@@ -401,6 +499,9 @@ class Agent(Generic[DepsT, OutputT]):
                 usage=usage,
                 model_settings=model_settings,
                 timeout=timeout,
+                thread_id=thread_id,
+                user_id=user_id,
+                store=store,
             ),
             method="run",
         )
@@ -416,6 +517,9 @@ class Agent(Generic[DepsT, OutputT]):
         usage: Usage | None = None,
         model_settings: ModelSettings | None = None,
         timeout: float | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        store: SQLStore | None = None,
     ) -> StreamedRun[OutputT]:
         """Run the agent and stream it: `async with agent.run_stream(prompt) as run:` then `run.stream_text()`,
         `run.stream_output()` or `run.events()`.
@@ -432,7 +536,9 @@ class Agent(Generic[DepsT, OutputT]):
         }
 
         async def start(sink: EventSink) -> RunResult[OutputT]:
-            return await self._new_run(sink=sink, stream=True, **agent_run_args).run(prompt)
+            return await self._execute(
+                prompt, sink=sink, stream=True, store=store, thread_id=thread_id, user_id=user_id, **agent_run_args
+            )
 
         return StreamedRun(start, self._output_schema(), run_usage)
 
@@ -447,6 +553,9 @@ class Agent(Generic[DepsT, OutputT]):
         usage: Usage | None = None,
         model_settings: ModelSettings | None = None,
         timeout: float | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        store: SQLStore | None = None,
     ) -> AsyncIterator[AgentEvent]:
         """Every typed event of a run, in order: `async for event in agent.run_stream_events(prompt): ...`.
 
@@ -462,6 +571,9 @@ class Agent(Generic[DepsT, OutputT]):
             usage=usage,
             model_settings=model_settings,
             timeout=timeout,
+            thread_id=thread_id,
+            user_id=user_id,
+            store=store,
         ) as streamed:
             async for event in streamed.events():
                 yield event

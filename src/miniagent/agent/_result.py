@@ -30,6 +30,8 @@ class RunResult(Generic[OutputT]):
     """What the run consumed."""
     model_name: str
     """The model that produced the answer."""
+    thread_id: str | None = None
+    """The store thread the run was saved in (`None` for runs kept in memory)."""
 
     def all_messages(self) -> list[ModelMessage]:
         """Every message, to pass as `message_history` to continue the conversation."""

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from . import Agent
+    from ._persist import RunRecorder
 
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
@@ -109,6 +110,7 @@ class AgentRun(Generic[DepsT, OutputT]):
         stream: bool,
         timeout_s: float | None,
         clock: Clock,
+        recorder: RunRecorder | None = None,
     ) -> None:
         self.agent = agent
         self.model = model
@@ -123,6 +125,7 @@ class AgentRun(Generic[DepsT, OutputT]):
         self.stream = stream and model.supports_streaming
         self.timeout_s = timeout_s
         self.clock = clock
+        self.recorder = recorder
         self.step = 0
         self.output_schema: OutputSchema[OutputT] = agent._output_schema()
         self.tools: dict[str, Tool[DepsT]] = agent._tools
@@ -162,6 +165,8 @@ class AgentRun(Generic[DepsT, OutputT]):
         await self._emit(RunStarted(self.run_id, self.agent.name, text))
         started = self.clock.now()
         try:
+            if self.recorder is not None:  # the user's message is committed before the model sees it
+                await self.recorder.start(self)
             with self.clock.deadline_scope(self.timeout_s) as scope:
                 output = await self._loop()
             if scope.cancelled_caught:
@@ -173,15 +178,23 @@ class AgentRun(Generic[DepsT, OutputT]):
             exc.messages = self.messages
             exc.usage = self.usage
             await self._emit(RunFailed(self.run_id, type(exc).__name__, str(exc), self._usage_snapshot()))
+            if self.recorder is not None:
+                await self.recorder.finish(self, "failed", f"{type(exc).__name__}: {exc}")
             raise
         except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
             with anyio.CancelScope(shield=True):
                 await self._emit(RunCancelled(self.run_id, self._usage_snapshot()))
+                if self.recorder is not None:
+                    await self.recorder.finish(self, "cancelled")
             raise
         except Exception as exc:
             await self._emit(RunFailed(self.run_id, type(exc).__name__, str(exc), self._usage_snapshot()))
+            if self.recorder is not None:
+                await self.recorder.finish(self, "failed", f"{type(exc).__name__}: {exc}")
             raise
         await self._emit(RunFinished(self.run_id, output, self._usage_snapshot(), self.clock.now() - started))
+        if self.recorder is not None:
+            await self.recorder.finish(self, "succeeded")
         return RunResult(
             output,
             run_id=self.run_id,
@@ -218,12 +231,16 @@ class AgentRun(Generic[DepsT, OutputT]):
             if isinstance(outcome, _Final):
                 return outcome.output
             self.messages.append(ModelRequest(outcome))
+            if self.recorder is not None:  # the step (response + tool results) in one transaction
+                await self.recorder.checkpoint(self)
 
     async def _request(self) -> ModelResponse:
+        # With working memory, the model sees the history fitted to its token budget; `self.messages` stays whole.
+        messages = self.messages if self.agent._working_memory is None else await self.agent._fit_history(self)
         if not self.stream:
-            return await self.model.request(self.messages, self.model_settings, self.params)
+            return await self.model.request(messages, self.model_settings, self.params)
         assembler = ResponseAssembler(self.model.name)
-        chunks = self.model.request_stream(self.messages, self.model_settings, self.params)
+        chunks = self.model.request_stream(messages, self.model_settings, self.params)
         try:
             async for chunk in chunks:
                 assembler.add(chunk)

@@ -1,4 +1,4 @@
-"""The `miniagent` command line: `miniagent chat`, `miniagent models`, `miniagent --version`."""
+"""The `miniagent` command line: `chat`, `models`, `migrate`, `prune`, `--version`."""
 
 from __future__ import annotations
 
@@ -57,12 +57,74 @@ def chat(
         bool, typer.Option("--demo-tools", help="Give the agent two demo tools (current time, calculator).")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            "-r",
+            help="Continue a stored conversation: a thread id, or 'latest'. `/threads` lists them.",
+        ),
+    ] = None,
 ) -> None:
-    """Chat in the terminal, streaming the answer. /reset starts over, /exit quits, Ctrl-C stops a generation."""
+    """Chat in the terminal, streaming the answer; conversations are kept in the store.
+
+    /reset starts a new conversation, /threads lists them, /branch lists or switches branches, /exit quits,
+    Ctrl-C stops a generation.
+    """
     from ._chat import run_chat
 
-    code = run_chat(model=model, agent_path=agent, instructions=instructions, demo_tools=demo_tools, debug=debug)
+    code = run_chat(
+        model=model, agent_path=agent, instructions=instructions, demo_tools=demo_tools, debug=debug, resume=resume
+    )
     raise typer.Exit(code)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="The revision to upgrade to.")] = "head",
+) -> None:
+    """Create or upgrade the store's schema (MINIAGENT_DATABASE_URL, else the SQLite file in the data dir)."""
+    import anyio
+
+    from ..errors import MiniAgentError
+    from ..store import SQLStore
+
+    async def go() -> str | None:
+        store = await SQLStore.open(migrate=False)
+        try:
+            return await store.migrate(revision)
+        finally:
+            await store.close()
+
+    try:
+        current = anyio.run(go)
+    except MiniAgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"store at revision {current or revision}")
+
+
+@app.command()
+def prune() -> None:
+    """Delete threads idle for longer than their retention (thread, tenant, or MINIAGENT_RETENTION_DAYS)."""
+    import anyio
+
+    from ..errors import MiniAgentError
+    from ..store import PruneReport, SQLStore
+
+    async def go() -> PruneReport:
+        store = await SQLStore.open()
+        try:
+            return await store.prune()
+        finally:
+            await store.close()
+
+    try:
+        report = anyio.run(go)
+    except MiniAgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"pruned {report.threads} thread(s)")
 
 
 @app.command()

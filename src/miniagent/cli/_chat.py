@@ -10,7 +10,7 @@ import operator
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -20,7 +20,13 @@ from ..events import AgentEvent, TextDelta, ToolCallFinished, ToolCallStarted
 from ..messages import ModelMessage
 from ..models import Model
 
-_HELP = "Commands: /reset starts a new conversation, /exit quits (or Ctrl-D). Ctrl-C stops a generation."
+if TYPE_CHECKING:
+    from ..store import SQLStore
+
+_HELP = (
+    "Commands: /reset starts a new conversation, /threads lists them, /branch [N] lists or switches branches, "
+    "/exit quits (or Ctrl-D). Ctrl-C stops a generation."
+)
 
 _PROMPT = "you> "
 
@@ -111,11 +117,15 @@ class _Input:
 
 
 class _Session:
-    def __init__(self, agent: Agent[Any, Any], model: Model, console: Console, debug: bool) -> None:
+    def __init__(
+        self, agent: Agent[Any, Any], model: Model, console: Console, debug: bool, store: SQLStore | None = None
+    ) -> None:
         self.agent = agent
         self.model = model
         self.console = console
         self.debug = debug
+        self.store = store
+        self.thread_id: str | None = None
         self.history: list[ModelMessage] = []
         self.generation: asyncio.Task[None] | None = None
         self.interrupted = False
@@ -130,11 +140,16 @@ class _Session:
 
     async def turn(self, prompt: str) -> None:
         self.text_open = False
-        async with self.agent.run_stream(prompt, message_history=self.history, model=self.model) as run:
+        if self.store is not None:
+            stream = self.agent.run_stream(prompt, model=self.model, store=self.store, thread_id=self.thread_id)
+        else:
+            stream = self.agent.run_stream(prompt, message_history=self.history, model=self.model)
+        async with stream as run:
             async for event in run.events():
                 self._render(event)
             result = await run.get_result()
         self.history = result.all_messages()
+        self.thread_id = result.thread_id
         if not self.text_open:
             self.console.print("bot> ", end="", style="bold cyan")
             self.console.print(str(result.output), markup=False)
@@ -162,9 +177,81 @@ class _Session:
             )
 
 
-async def _chat(agent: Agent[Any, Any], model: Model, console: Console, debug: bool) -> int:
+async def _open_store(console: Console, resume: str | None) -> tuple[SQLStore, str | None]:
+    from ..store import open_store
+
+    store = await open_store()
+    try:
+        interrupted = await store.recover_interrupted()
+        if interrupted:
+            console.print(f"({len(interrupted)} interrupted run(s) found and marked)", style="dim")
+        thread_id = None
+        if resume is not None:
+            if resume == "latest":
+                threads = await store.list_threads(limit=1)
+                if not threads:
+                    raise UserError("There is no stored conversation to resume yet: start one without --resume.")
+                thread_id = threads[0].id
+            else:
+                thread_id = (await store.get_thread(resume)).id
+            count = len(await store.history(thread_id))
+            console.print(f"(resumed conversation {thread_id}: {count} messages)", style="dim")
+        return store, thread_id
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _threads(session: _Session) -> None:
+    assert session.store is not None
+    for thread in await session.store.list_threads(limit=20):
+        mark = "*" if thread.id == session.thread_id else " "
+        when = thread.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        session.console.print(f"{mark} {thread.id}  {when}  {thread.title or ''}", markup=False)
+
+
+async def _branch(session: _Session, arg: str) -> None:
+    store = session.store
+    assert store is not None
+    if session.thread_id is None:
+        session.console.print("(no conversation yet)", style="dim")
+        return
+    branches = await store.branches(session.thread_id)
+    if arg:
+        if not arg.isdigit() or not 1 <= int(arg) <= len(branches):
+            session.console.print(f"(no branch {arg!r}: pick 1-{len(branches)})", style="dim")
+            return
+        await store.switch(session.thread_id, branches[int(arg) - 1].leaf_id)
+        session.console.print(f"(switched to branch {arg})", style="dim")
+        return
+    for i, branch in enumerate(branches, start=1):
+        mark = "*" if branch.current else " "
+        session.console.print(f"{mark} {i}. {branch.length} messages  {branch.preview}", markup=False)
+
+
+async def _command(session: _Session, prompt: str) -> bool:
+    """Handle a slash command; `False` if `prompt` is not one (it is then sent as a message)."""
+    console = session.console
+    if prompt == "/reset":
+        session.history = []
+        session.thread_id = None
+        console.print("(conversation reset)", style="dim")
+    elif prompt == "/help":
+        console.print(_HELP, style="dim")
+    elif prompt == "/threads":
+        await _threads(session)
+    elif prompt == "/branch" or prompt.startswith("/branch "):
+        await _branch(session, prompt.removeprefix("/branch").strip())
+    else:
+        return False
+    return True
+
+
+async def _chat(agent: Agent[Any, Any], model: Model, console: Console, debug: bool, resume: str | None = None) -> int:
     loop = asyncio.get_running_loop()
-    session = _Session(agent, model, console, debug)
+    store, thread_id = await _open_store(console, resume)
+    session = _Session(agent, model, console, debug, store)
+    session.thread_id = thread_id
     reader = _Input(loop, console)
     loop.add_signal_handler(signal.SIGINT, session.on_sigint)
     try:
@@ -178,12 +265,7 @@ async def _chat(agent: Agent[Any, Any], model: Model, console: Console, debug: b
                 continue
             if prompt in ("/exit", "/quit"):
                 return 0
-            if prompt == "/reset":
-                session.history = []
-                console.print("(conversation reset)", style="dim")
-                continue
-            if prompt == "/help":
-                console.print(_HELP, style="dim")
+            if prompt.startswith("/") and await _command(session, prompt):
                 continue
             session.interrupted = False
             session.generation = asyncio.create_task(session.turn(prompt))
@@ -212,10 +294,17 @@ async def _chat(agent: Agent[Any, Any], model: Model, console: Console, debug: b
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         await model.aclose()
+        await store.close()
 
 
 def run_chat(
-    *, model: str | None, agent_path: str | None, instructions: str | None, demo_tools: bool, debug: bool
+    *,
+    model: str | None,
+    agent_path: str | None,
+    instructions: str | None,
+    demo_tools: bool,
+    debug: bool,
+    resume: str | None = None,
 ) -> int:
     """Run the chat; returns the process exit code. Errors print their message (and a traceback with `debug`)."""
     console = Console(highlight=False, soft_wrap=True)
@@ -231,7 +320,7 @@ def run_chat(
             )
         resolved = agent.resolve_model(model)
         console.print(f"miniagent {_version()} · model {resolved.name} · {_HELP}", style="dim", markup=False)
-        return asyncio.run(_chat(agent, resolved, console, debug))
+        return asyncio.run(_chat(agent, resolved, console, debug, resume))
     except MiniAgentError as exc:
         console.print(f"error: {exc}", style="red", markup=False)
         if debug:

@@ -1,0 +1,78 @@
+"""Where conversations live: threads of messages as a tree, runs and their events, on SQLite or PostgreSQL.
+
+```python
+import anyio
+
+from miniagent import Agent
+from miniagent.store import open_store
+
+
+async def main() -> None:
+    store = await open_store()  # MINIAGENT_DATABASE_URL, else a SQLite file under the user data dir
+    try:
+        result = await Agent().run("Hello", user_id="alice", store=store)  # starts a thread
+        assert len(await store.messages(result.thread_id or "", user_id="alice")) == 2
+    finally:
+        await store.close()
+
+
+anyio.run(main)
+```
+
+SQLAlchemy, Alembic and the drivers are imported when this package is, never by `import miniagent`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import StoreError, ThreadConflict, ThreadNotFound
+from ._base import (
+    DEFAULT_TENANT,
+    DEFAULT_USER,
+    Branch,
+    Now,
+    PruneReport,
+    RunRecord,
+    RunStatus,
+    Store,
+    StoredEvent,
+    StoredMessage,
+    ThreadInfo,
+    utc_now,
+)
+from ._sql import SQLStore, default_database_url
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "DEFAULT_USER",
+    "Branch",
+    "Now",
+    "PruneReport",
+    "RunRecord",
+    "RunStatus",
+    "SQLStore",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "StoredMessage",
+    "ThreadConflict",
+    "ThreadInfo",
+    "ThreadNotFound",
+    "default_database_url",
+    "open_store",
+    "utc_now",
+]
+
+
+async def open_store(
+    url: str | None = None, *, settings: Settings | None = None, migrate: bool | None = None, now: Now = utc_now
+) -> SQLStore:
+    """Open the store the settings name (`MINIAGENT_DATABASE_URL`, else SQLite under the data dir).
+
+    SQLite stores migrate themselves; PostgreSQL ones are migrated by `miniagent migrate` (or `migrate=True`).
+    """
+    return await SQLStore.open(url, settings=settings, migrate=migrate, now=now)

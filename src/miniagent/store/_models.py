@@ -1,0 +1,173 @@
+"""SQLAlchemy 2 models of the store's tables.
+
+Every row carries its `tenant_id`; the first migration creates them all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "MemoryRow",
+    "MessageRow",
+    "RunEventRow",
+    "RunRow",
+    "TenantRow",
+    "ThreadRow",
+    "ThreadSummaryRow",
+    "UserProfileRow",
+    "UserRow",
+]
+
+_ID = String(64)
+_TS = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the store's tables."""
+
+
+class TenantRow(Base):
+    """A tenant: an isolated set of users and their data."""
+
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    retention_days: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class UserRow(Base):
+    """A user of a tenant."""
+
+    __tablename__ = "users"
+    tenant_id: Mapped[str] = mapped_column(_ID, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class ThreadRow(Base):
+    """A conversation; `leaf_id` is its current branch's last message (optimistic concurrency checks it)."""
+
+    __tablename__ = "threads"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"),
+        Index("ix_threads_owner", "tenant_id", "user_id", "updated_at"),
+    )
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    user_id: Mapped[str] = mapped_column(_ID)
+    title: Mapped[str | None] = mapped_column(String(200))
+    leaf_id: Mapped[str | None] = mapped_column(_ID)
+    retention_days: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class MessageRow(Base):
+    """One `ModelMessage` (JSON via the messages TypeAdapter) in a thread's tree."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_thread", "thread_id", "depth"), Index("ix_messages_parent", "parent_id"))
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    thread_id: Mapped[str] = mapped_column(_ID, ForeignKey("threads.id", ondelete="CASCADE"))
+    parent_id: Mapped[str | None] = mapped_column(_ID, ForeignKey("messages.id", ondelete="CASCADE"))
+    depth: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    data: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(_ID)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class RunRow(Base):
+    """A run: its state, steps, usage and error."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_status", "status"), Index("ix_runs_thread", "thread_id"))
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    thread_id: Mapped[str | None] = mapped_column(_ID, ForeignKey("threads.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(_ID)
+    status: Mapped[str] = mapped_column(String(20))
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TS)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+
+
+class RunEventRow(Base):
+    """One event of a run, numbered from 1 so a streaming client can resume after the last one it saw."""
+
+    __tablename__ = "run_events"
+    run_id: Mapped[str] = mapped_column(_ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    kind: Mapped[str] = mapped_column(String(40))
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class UserProfileRow(Base):
+    """A user's preferences and custom instructions (used by the profiles feature)."""
+
+    __tablename__ = "user_profiles"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"),
+    )
+    tenant_id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    user_id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    preferences: Mapped[dict[str, Any]] = mapped_column(JSON)
+    instructions: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class MemoryRow(Base):
+    """A long-term fact about a user; `embedding` holds float32 bytes until the vector index lands."""
+
+    __tablename__ = "memories"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"),
+        Index("ix_memories_owner", "tenant_id", "user_id"),
+    )
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    user_id: Mapped[str] = mapped_column(_ID)
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class ThreadSummaryRow(Base):
+    """The working-memory summary of a thread's evicted messages, up to (and including) `upto_message_id`."""
+
+    __tablename__ = "thread_summaries"
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    thread_id: Mapped[str] = mapped_column(_ID, ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    upto_message_id: Mapped[str] = mapped_column(_ID)
+    summary: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
