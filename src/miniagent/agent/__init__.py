@@ -19,7 +19,7 @@ from ._run import AgentRun, EventSink
 from ._stream import StreamedRun
 
 if TYPE_CHECKING:
-    from ..memory import WorkingMemory
+    from ..memory import LongTermMemory, WorkingMemory
     from ..store import SQLStore
     from ._persist import RunRecorder
 
@@ -75,6 +75,8 @@ class Agent(Generic[DepsT, OutputT]):
             messages (see [`WorkingMemory`][miniagent.memory.WorkingMemory]); `None` sends the whole history.
         store: Where runs with a `thread_id` or `user_id` are saved (default: the configured store,
             [`open_store()`][miniagent.store.open_store]).
+        long_term_memory: Recalls the user's relevant memories before each stored run (one with a `user_id` or
+            `thread_id`) and extracts new facts after it (see [`LongTermMemory`][miniagent.memory.LongTermMemory]).
     """
 
     __slots__ = (
@@ -95,6 +97,7 @@ class Agent(Generic[DepsT, OutputT]):
         "_params",
         "_working_memory",
         "store",
+        "long_term_memory",
     )
 
     @overload
@@ -116,6 +119,7 @@ class Agent(Generic[DepsT, OutputT]):
         clock: Clock | None = None,
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
+        long_term_memory: LongTermMemory | None = None,
     ) -> None: ...
 
     @overload
@@ -137,6 +141,7 @@ class Agent(Generic[DepsT, OutputT]):
         clock: Clock | None = None,
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
+        long_term_memory: LongTermMemory | None = None,
     ) -> None: ...
 
     @overload
@@ -158,6 +163,7 @@ class Agent(Generic[DepsT, OutputT]):
         clock: Clock | None = None,
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
+        long_term_memory: LongTermMemory | None = None,
     ) -> None: ...
 
     @overload
@@ -179,6 +185,7 @@ class Agent(Generic[DepsT, OutputT]):
         clock: Clock | None = None,
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
+        long_term_memory: LongTermMemory | None = None,
     ) -> None: ...
 
     def __init__(
@@ -199,6 +206,7 @@ class Agent(Generic[DepsT, OutputT]):
         clock: Clock | None = None,
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
+        long_term_memory: LongTermMemory | None = None,
     ) -> None:
         if model is not None and not isinstance(cast(object, model), (Model, str)):
             raise UserError(
@@ -240,6 +248,7 @@ class Agent(Generic[DepsT, OutputT]):
         self._params: ModelRequestParameters | None = None
         self._working_memory = working_memory
         self.store = store
+        self.long_term_memory = long_term_memory
         for tool in tools:
             self._add_tool(tool if isinstance(tool, Tool) else Tool(tool))
 
@@ -337,7 +346,8 @@ class Agent(Generic[DepsT, OutputT]):
         memory = self._working_memory
         assert memory is not None
         key = run.recorder.thread_id if run.recorder is not None else None  # a stored thread keys its summary
-        fit = await memory.fit(run.messages, model=run.model, key=key)
+        kept_in = run.recorder.summaries if run.recorder is not None else None  # ... and keeps it in the database
+        fit = await memory.fit(run.messages, model=run.model, key=key, fallback_store=kept_in)
         if fit.evicted:
             run.usage.incr(fit.summary_usage)
             await run._emit(
@@ -412,11 +422,23 @@ class Agent(Generic[DepsT, OutputT]):
         from ._persist import open_recorder
 
         async with open_recorder(store or self.store, thread_id=thread_id, user_id=user_id) as (recorder, history):
+            memory = self.long_term_memory
+            if memory is not None and isinstance(prompt, str):
+                recalled = await memory.recall(recorder.store, user_id=recorder.user_id, query=prompt)
+                recorder.memory_note = memory.note(recalled) if recalled else None
             run = self._new_run(
                 message_history=history, sink=recorder.sink(sink), stream=stream, recorder=recorder, **run_args
             )
             result = await run.run(prompt)
             result.thread_id = recorder.thread_id
+            if memory is not None:  # after the turn is committed: its new facts about the user
+                await memory.remember(
+                    recorder.store,
+                    user_id=recorder.user_id,
+                    model=run.model,
+                    messages=result.new_messages(),
+                    usage=result.usage,
+                )
             return result
 
     async def run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
@@ -15,23 +16,50 @@ from ..events import AgentEvent
 from ..usage import Usage
 
 if TYPE_CHECKING:
+    from ..memory import SummaryStore
+    from ..messages import ModelMessage
     from ..store import RunStatus, SQLStore
     from ._run import AgentRun, EventSink
 
-__all__ = ["RunRecorder", "open_recorder"]
+__all__ = ["RunRecorder", "open_recorder", "with_system_part"]
 
 
 class RunRecorder:
     """Writes one run's messages, events and state to the store, after the thread's leaf it was loaded at."""
 
-    def __init__(self, store: SQLStore, *, thread_id: str, user_id: str, leaf: str | None, history_len: int) -> None:
+    memory_note: str | None = None
+    """The user's recalled long-term memories as a system note for this run (never stored)."""
+
+    def __init__(
+        self,
+        store: SQLStore,
+        *,
+        thread_id: str,
+        user_id: str,
+        leaf: str | None,
+        history_len: int,
+        profile_prompt: str | None = None,
+        summaries: SummaryStore | None = None,
+    ) -> None:
         self.store = store
         self.thread_id = thread_id
         self.user_id = user_id
         self.leaf = leaf
+        self.profile_prompt = profile_prompt
+        """The user's profile as a system prompt text (`UserProfile.prompt()`), loaded when the run started."""
+        self.summaries = summaries
+        """Where working memory keeps this thread's summary (the store's `thread_summaries`)."""
         self._saved = history_len
         self._events: list[AgentEvent] = []
         self._started = False
+
+    def prepare(self, messages: list[ModelMessage]) -> list[ModelMessage]:
+        """The messages the model is sent: with the user's profile as one more system part (never stored)."""
+        if self.profile_prompt:
+            messages = with_system_part(messages, self.profile_prompt)
+        if self.memory_note:  # recalled long-term memories (`Agent(long_term_memory=...)`)
+            messages = with_system_part(messages, self.memory_note)
+        return messages
 
     def sink(self, downstream: EventSink | None) -> EventSink:
         """An event sink that keeps every event for the next write and forwards it."""
@@ -105,7 +133,7 @@ async def open_recorder(
 
     Yields the recorder and the history to continue from.
     """
-    from ..store import DEFAULT_USER, open_store
+    from ..store import DEFAULT_USER, SQLSummaryStore, open_store
 
     owned = store is None
     active = store if store is not None else await open_store()
@@ -119,7 +147,31 @@ async def open_recorder(
             stored = await active.history(thread.id, user_id=user)
         history = [m.message for m in stored]
         leaf = stored[-1].id if stored else None
-        yield RunRecorder(active, thread_id=thread.id, user_id=user, leaf=leaf, history_len=len(history)), history
+        profile = await active.get_profile(user_id=user)
+        recorder = RunRecorder(
+            active,
+            thread_id=thread.id,
+            user_id=user,
+            leaf=leaf,
+            history_len=len(history),
+            profile_prompt=profile.prompt() if profile is not None else None,
+            summaries=SQLSummaryStore(active, user_id=user),
+        )
+        yield recorder, history
     finally:
         if owned:
             await active.close()
+
+
+def with_system_part(messages: list[ModelMessage], text: str) -> list[ModelMessage]:
+    """`messages` with a `SystemPromptPart(text)` after the leading system parts of the first request (a copy)."""
+    from ..messages import ModelRequest, SystemPromptPart
+
+    if not messages or not isinstance(messages[0], ModelRequest):
+        return [ModelRequest([SystemPromptPart(text)]), *messages]
+    first = messages[0]
+    at = 0
+    while at < len(first.parts) and isinstance(first.parts[at], SystemPromptPart):
+        at += 1
+    parts = [*first.parts[:at], SystemPromptPart(text), *first.parts[at:]]
+    return [replace(first, parts=parts), *messages[1:]]

@@ -237,6 +237,8 @@ class AgentRun(Generic[DepsT, OutputT]):
     async def _request(self) -> ModelResponse:
         # With working memory, the model sees the history fitted to its token budget; `self.messages` stays whole.
         messages = self.messages if self.agent._working_memory is None else await self.agent._fit_history(self)
+        if self.recorder is not None:  # the user's profile, as a system part after the agent's instructions
+            messages = self.recorder.prepare(messages)
         if not self.stream:
             return await self.model.request(messages, self.model_settings, self.params)
         assembler = ResponseAssembler(self.model.name)

@@ -1,15 +1,21 @@
-"""The `miniagent` command line: `chat`, `models`, `migrate`, `prune`, `--version`."""
+"""The `miniagent` command line: `chat`, `models`, `migrate`, `prune`, `profile`, `--version`."""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from .._version import __version__
 
+if TYPE_CHECKING:
+    from ..store import SQLStore, UserProfile
+
 __all__ = ["app", "main"]
+
+_T = TypeVar("_T")
 
 app = typer.Typer(
     name="miniagent",
@@ -125,6 +131,86 @@ def prune() -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"pruned {report.threads} thread(s)")
+
+
+profile_app = typer.Typer(
+    name="profile",
+    help="A user's profile: preferences and custom instructions added to the system prompt of their conversations.",
+    no_args_is_help=True,
+)
+app.add_typer(profile_app)
+
+_UserOption = Annotated[
+    str, typer.Option("--user", "-u", help="Whose profile (default: the user of `miniagent chat`).")
+]
+
+
+def _with_store(action: Callable[[SQLStore], Awaitable[_T]]) -> _T:
+    """Run `action` on the configured store; a store error is printed and exits with status 1."""
+    import anyio
+
+    from ..errors import MiniAgentError
+    from ..store import SQLStore
+
+    async def go() -> _T:
+        store = await SQLStore.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return anyio.run(go)
+    except MiniAgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _show(profile: UserProfile | None) -> None:
+    text = profile.prompt() if profile is not None else None
+    typer.echo(
+        text if text is not None else "(no profile: `miniagent profile set KEY VALUE` or `... instructions TEXT`)"
+    )
+
+
+@profile_app.command("show")
+def profile_show(user: _UserOption = "default") -> None:
+    """Print the profile as the model sees it."""
+    _show(_with_store(lambda store: store.get_profile(user_id=user)))
+
+
+@profile_app.command("set")
+def profile_set(
+    key: Annotated[str, typer.Argument(help="A preference: tone, language, units, or any name.")],
+    value: Annotated[str, typer.Argument(help="Its value, e.g. 'concise', 'French', 'metric'.")],
+    user: _UserOption = "default",
+) -> None:
+    """Set one preference."""
+    _show(_with_store(lambda store: store.update_profile(user_id=user, preferences={key: value})))
+
+
+@profile_app.command("unset")
+def profile_unset(
+    key: Annotated[str, typer.Argument(help="The preference to remove.")], user: _UserOption = "default"
+) -> None:
+    """Remove one preference."""
+    _show(_with_store(lambda store: store.update_profile(user_id=user, preferences={key: None})))
+
+
+@profile_app.command("instructions")
+def profile_instructions(
+    text: Annotated[str, typer.Argument(help="Custom instructions; an empty string removes them.")],
+    user: _UserOption = "default",
+) -> None:
+    """Set the custom instructions."""
+    _show(_with_store(lambda store: store.update_profile(user_id=user, instructions=text or None)))
+
+
+@profile_app.command("clear")
+def profile_clear(user: _UserOption = "default") -> None:
+    """Delete the whole profile."""
+    existed = _with_store(lambda store: store.delete_profile(user_id=user))
+    typer.echo("profile deleted" if existed else "(no profile)")
 
 
 @app.command()

@@ -12,15 +12,19 @@ See [`WorkingMemory`][miniagent.memory.WorkingMemory] for how a history is fitte
 
 from __future__ import annotations
 
+from ._long_term import EXTRACTION_INSTRUCTIONS, ExtractedFacts, LongTermMemory
 from ._summary import SUMMARY_INSTRUCTIONS, InMemorySummaryStore, StoredSummary, SummaryStore
 from ._tokens import DEFAULT_CONTEXT_WINDOW, TokenCounter, context_window_of, estimate_tokens
 from ._working import HistoryFit, PinSpec, WorkingMemory
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
+    "EXTRACTION_INSTRUCTIONS",
     "SUMMARY_INSTRUCTIONS",
+    "ExtractedFacts",
     "HistoryFit",
     "InMemorySummaryStore",
+    "LongTermMemory",
     "PinSpec",
     "StoredSummary",
     "SummaryStore",

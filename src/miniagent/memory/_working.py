@@ -147,7 +147,8 @@ class WorkingMemory:
         summary_model: The model that writes summaries (a model or a name such as `'openai:gpt-4o-mini'`);
             default: the model of the run.
         summary_store: Where summaries are kept between requests; default: an
-            [`InMemorySummaryStore`][miniagent.memory.InMemorySummaryStore] of this memory.
+            [`InMemorySummaryStore`][miniagent.memory.InMemorySummaryStore] of this memory, except on a stored thread
+            (`agent.run(..., thread_id=...)`), whose summary is kept in the store's database.
         summary_instructions: The system prompt of summary requests.
         summary_max_tokens: Most tokens of a summary (sent as the summary request's `max_tokens`, and reserved in
             the budget); default a tenth of the budget, at least 16.
@@ -195,6 +196,7 @@ class WorkingMemory:
         self.summary_max_tokens = summary_max_tokens
         self.evict_to = evict_to
         self.summary_store: SummaryStore = summary_store if summary_store is not None else InMemorySummaryStore()
+        self._own_summary_store = summary_store is not None
         self._summary_model_spec = summary_model
         self._summary_model: Model | None = summary_model if isinstance(summary_model, Model) else None
         self._token_counter = token_counter
@@ -215,13 +217,22 @@ class WorkingMemory:
         window = self.context_window if self.context_window is not None else context_window_of(model)
         return max(1, int(window * self.context_fraction))
 
-    async def fit(self, messages: list[ModelMessage], *, model: Model, key: str | None = None) -> HistoryFit:
+    async def fit(
+        self,
+        messages: list[ModelMessage],
+        *,
+        model: Model,
+        key: str | None = None,
+        fallback_store: SummaryStore | None = None,
+    ) -> HistoryFit:
         """Fit `messages` to the budget of `model`, summarizing what is evicted; also sets `last_fit`.
 
         Args:
             messages: The full history; it is not modified.
             model: The model the history is for: its budget and token count, and the default summary model.
             key: The conversation, for the summary store (e.g. a thread id); default `conversation_key`.
+            fallback_store: Where the summary is kept when this memory was given no `summary_store` (an agent on a
+                stored thread passes the store's [`SQLSummaryStore`][miniagent.store.SQLSummaryStore]).
 
         Raises:
             UnexpectedModelBehavior: the summary model returned no text.
@@ -235,7 +246,8 @@ class WorkingMemory:
             )
             self.last_fit = fit
             return fit
-        fit = await self._fit(messages, model, count, budget, total, key)
+        store = fallback_store if fallback_store is not None and not self._own_summary_store else self.summary_store
+        fit = await self._fit(messages, model, count, budget, total, key, store)
         self.last_fit = fit
         return fit
 
@@ -247,6 +259,7 @@ class WorkingMemory:
         budget: int,
         total: int,
         key: str | None,
+        store: SummaryStore,
     ) -> HistoryFit:
         system, units = _split(messages)
         if not units:
@@ -262,7 +275,7 @@ class WorkingMemory:
 
         if key is None:
             key = self._conversation_key(messages) if self._conversation_key else "h:" + fingerprint(messages[:1])
-        stored = await self.summary_store.get(key)
+        stored = await store.get(key)
         if stored is not None and not _applies(stored, messages):
             stored = None
         covered = set(stored.covered) if stored is not None else set()
@@ -292,7 +305,7 @@ class WorkingMemory:
         )
         evicted |= new
         covered_indices = tuple(sorted(i for k in evicted for i in units[k].indices))
-        await self.summary_store.put(
+        await store.put(
             key,
             StoredSummary(
                 text, message_count=len(messages), covered=covered_indices, fingerprint=fingerprint(messages)

@@ -41,7 +41,11 @@ from ._base import (
     ThreadInfo,
     utc_now,
 )
+from ._memories import Memory, MemoryStore
+from ._profiles import UserProfile
 from ._sql import SQLStore, default_database_url
+from ._summaries import SQLSummaryStore
+from ._vectors import PgVectorIndex, SqliteVecIndex, VectorIndex
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -50,11 +54,16 @@ __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_USER",
     "Branch",
+    "Memory",
+    "MemoryStore",
     "Now",
+    "PgVectorIndex",
     "PruneReport",
     "RunRecord",
     "RunStatus",
     "SQLStore",
+    "SQLSummaryStore",
+    "SqliteVecIndex",
     "Store",
     "StoreError",
     "StoredEvent",
@@ -62,6 +71,8 @@ __all__ = [
     "ThreadConflict",
     "ThreadInfo",
     "ThreadNotFound",
+    "UserProfile",
+    "VectorIndex",
     "default_database_url",
     "open_store",
     "utc_now",

@@ -34,10 +34,12 @@ from ._base import (
     utc_now,
 )
 from ._models import MessageRow, RunEventRow, RunRow, TenantRow, ThreadRow, UserRow
+from ._profiles import ProfilesMixin
 
 if TYPE_CHECKING:
     from ..events import AgentEvent
     from ..settings import Settings
+    from ._connect import Sleep
 
 __all__ = ["SQLStore", "default_database_url"]
 
@@ -80,7 +82,7 @@ def _preview(message: ModelMessage) -> str:
     return ""
 
 
-class SQLStore:
+class SQLStore(ProfilesMixin):
     """The store on a SQL database: SQLite (embedded default) or PostgreSQL. One instance belongs to one event loop.
 
     Every method runs in one transaction: when it raises, nothing of it was written. Writes on SQLite take the write
@@ -130,6 +132,11 @@ class SQLStore:
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": busy_timeout_s}
+            from ._sqlite_driver import sqlite_dbapi
+
+            dbapi = sqlite_dbapi()  # pysqlite3 with sqlite-vec when installed (see `_sqlite_driver`)
+            if dbapi is not None:
+                kwargs["module"] = dbapi
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             self._setup_sqlite(busy_timeout_s)
@@ -168,9 +175,16 @@ class SQLStore:
         settings: Settings | None = None,
         migrate: bool | None = None,
         now: Now = utc_now,
+        connect_attempts: int = 3,
+        retry_delay_s: float = 0.5,
+        sleep: Sleep | None = None,
     ) -> SQLStore:
         """Open the store at `url` (default: from settings) and, for SQLite (or `migrate=True`), bring its schema
         to the latest migration.
+
+        A database server is connected to at once: a connection failure (refused, no socket, starting up) is retried
+        `connect_attempts` times in all, waiting `retry_delay_s` and then twice as long each time (`sleep` waits;
+        tests inject one), then raised as a `StoreError` that says the database is down.
         """  # noqa: D205
         if settings is None:
             from ..settings import get_settings
@@ -186,6 +200,18 @@ class SQLStore:
                     f"Cannot create the store's directory {str(store.sqlite_path.parent)!r} ({exc}); "
                     "set MINIAGENT_DATA_DIR to a writable directory."
                 ) from exc
+        if not store.is_sqlite:  # a server may be starting: retry connection failures, then say it is down
+            from ._connect import connect_with_retry
+
+            try:
+                where = f"the database {store.engine.url.render_as_string(hide_password=True)!r}"
+                async with store._errors():  # errors that are not worth a retry (credentials...) mapped too
+                    await connect_with_retry(
+                        store.engine, attempts=connect_attempts, delay_s=retry_delay_s, sleep=sleep, where=where
+                    )
+            except BaseException:
+                await store.close()
+                raise
         if migrate if migrate is not None else store.is_sqlite:
             try:
                 await store.migrate()
@@ -261,6 +287,11 @@ class SQLStore:
                 message = f"{where} has no miniagent schema: run `miniagent migrate` (nothing was written)."
             elif "unable to open" in text:
                 message = f"Cannot open {where}: check that its directory exists and is writable."
+            elif "full" in text and ("disk" in text or "database" in text):
+                message = (
+                    f"{where} is full (no space left on its disk, or its size limit): this write was rolled back and "
+                    "everything committed before it is intact; free some space (or `miniagent prune`) and retry."
+                )
             elif "locked" in text or "busy" in text:
                 message = f"{where} stayed locked by another writer: retry, or raise the busy timeout."
             else:
