@@ -5,6 +5,7 @@ it, miniagent and a hand-written loop on the raw `openai` SDK doing the same job
 calls per run. Peer frameworks (openai-agents, pydantic-ai, agno, langgraph) are measured too, each in its own
 process, with `--peers-python PATH` or `.venv-peers/bin/python` when it exists (`make bench-peers` builds it).
 Section (e), `providers.py`, measures each provider adapter against the bare SDK call, with `stub_providers.py`.
+Section (f), `memory_recall.py`, measures long-term memory: embedder recall@k and recall latency over 10k memories.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 import _harness
+import memory_recall
 import providers
 from _harness import INSTRUCTIONS, PROMPT, Result, check_answer, get_time, get_weather
 from _raw import raw_client, raw_run_once
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--peers-python", help="interpreter with the peers installed (default: .venv-peers if present)")
     parser.add_argument("--no-peers", action="store_true", help="measure miniagent and the raw SDK only")
     parser.add_argument("--no-providers", action="store_true", help="skip (e), the provider adapters")
+    parser.add_argument("--no-memory", action="store_true", help="skip (f), long-term memory (embedders, recall)")
     providers.add_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
@@ -230,6 +233,11 @@ def main() -> None:
         with _harness.stub_process(BENCH / "stub_providers.py") as root:
             provider_rows = providers.run_section(root, args)
 
+    memory: memory_recall.Figures | None = None
+    if not args.no_memory:
+        console.print("  measuring (f) long-term memory ...")
+        memory = memory_recall.run_section(console=console)
+
     render(console, local, imports, peers, args)
     if provider_rows:
         console.print(
@@ -240,9 +248,14 @@ def main() -> None:
                 rounds=args.provider_rounds,
             )
         )
+    if memory is not None:
+        for table in memory_recall.render(memory):
+            console.print(table)
     console.print(f"took {time.monotonic() - started:.0f} s")
     if args.json:
         figures = [r.as_dict() for r in [*imports, *peers]] + [row.as_dict() for row in provider_rows]
+        if memory is not None:
+            figures.append({"section": "memory", **memory.as_dict()})
         args.json.write_text(json.dumps(figures, indent=2))
 
 

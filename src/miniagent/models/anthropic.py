@@ -19,15 +19,13 @@ Streamed and complete responses carry the same parts: thinking signatures and re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import math
 import os
 import re
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -73,6 +71,7 @@ from ._base import (
     ToolCallChunk,
     ToolDefinition,
 )
+from ._clients import LoopClients
 from ._http import error_class_for, parse_retry_after
 
 try:
@@ -219,9 +218,7 @@ class AnthropicModel(Model):
         self._api_key = client.api_key if client is not None else api_key
         # Our own SDK clients, one per event loop: pooled connections belong to the loop that opened them, and
         # each `run_sync` runs in a fresh loop. Created on first request, since an HTTP client costs tens of ms.
-        self._clients: weakref.WeakKeyDictionary[object, tuple[AsyncAnthropic, AsyncGenerator[None, None]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._clients: LoopClients[AsyncAnthropic] = LoopClients()
         self._tools_for: tuple[ModelRequestParameters, list[ToolParam]] | None = None
 
     @classmethod
@@ -374,32 +371,14 @@ class AnthropicModel(Model):
 
         A model used with `run_sync` needs no `aclose`: each pool is closed as its event loop ends.
         """
-        entries = list(self._clients.values())
-        self._clients.clear()
-        for client, closer in entries:
-            await closer.aclose()
-            await client.close()
+        await self._clients.aclose()
 
     # ---- helpers -----------------------------------------------------------------------------------------
 
     async def _client(self) -> AsyncAnthropic:
         if self._given_client is not None:
             return self._given_client
-        try:
-            loop: object = asyncio.get_running_loop()
-        except RuntimeError:  # another async library (trio): one client at a time
-            loop = _NO_LOOP
-        entry = self._clients.get(loop)
-        if entry is not None and not entry[0].is_closed():
-            return entry[0]
-        client = self._new_client(self._api_key, anthropic.DefaultAsyncHttpxClient())
-        # Pooled connections must be closed inside the loop that opened them, and `run_sync` ends its loop
-        # without telling the model. Event loops close every pending async generator as they shut down
-        # (`asyncio.run` calls `loop.shutdown_asyncgens()`), so a generator holding the client closes it there.
-        closer = _close_at_loop_end(client)
-        await anext(closer)
-        self._clients[loop] = (client, closer)
-        return client
+        return await self._clients.get(lambda: self._new_client(self._api_key, anthropic.DefaultAsyncHttpxClient()))
 
     def _new_client(self, api_key: str | None, http_client: httpx2.AsyncClient) -> AsyncAnthropic:
         # miniagent owns retrying, so the SDK's are off and each attempt is counted once.
@@ -550,20 +529,6 @@ _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 
 _NO_SETTINGS = ModelSettings()
-
-
-class _NoLoop:
-    """The key of the client used outside asyncio (a weakly referenceable singleton)."""
-
-
-_NO_LOOP = _NoLoop()
-
-
-async def _close_at_loop_end(client: AsyncAnthropic) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        await client.close()
 
 
 def _estimate(text: str) -> int:
