@@ -9,8 +9,10 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
-# llama-cpp-python has no Linux wheel: it compiles from source once (a few minutes); use both cores.
+# llama-cpp-python has no Linux wheel: it compiles from source once (a few minutes); use every core, and skip its
+# multimodal library (mtmd/llava), which miniagent never loads: 6.5 instead of 8.5-9.5 minutes on 2 cores here.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
 .PHONY: help
 help: ## Show the targets
