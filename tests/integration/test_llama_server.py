@@ -25,9 +25,8 @@ from miniagent.models import ModelRequestParameters, ModelSettings, ResponseAsse
 from miniagent.models.local import bundled_model_path
 from miniagent.models.openai_chat import OpenAIChatModel
 
-pytest.importorskip("llama_cpp.server")
-if bundled_model_path() is None:  # pragma: no cover (the `local` extra is installed wherever tests run)
-    pytest.skip("the bundled model needs the 'local' extra", allow_module_level=True)
+# The test command installs every extra: a missing bundled model is a failure here, never a skip.
+assert bundled_model_path() is not None, "the bundled model needs the 'local' extra: run `make install`"
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -213,12 +212,11 @@ async def test_function_calling_format_required_is_a_mapped_http_500(servers: di
 
 async def test_function_calling_format_streamed_auto_fails_after_200(servers: dict[str, str]) -> None:
     model = _model(servers["functions"], "generic")
-    started = time.monotonic()
+    # Never a hang: the request has its own timeout (and pytest-timeout bounds the test).
     with pytest.raises(ModelAPIError) as info:
         await _ask(model, ASK, ONE_TOOL, stream=True)
     assert not isinstance(info.value, ModelHTTPError)  # the status was 200; the stream then ended empty
     assert "without finishing the response" in str(info.value)
-    assert time.monotonic() - started < 20  # an error, never a hang
     # The profile asks for such a response whole instead, and the server answers it.
     profiled = await _ask(_model(servers["functions"], "llama-cpp"), ASK, ONE_TOOL, stream=True)
     assert [c.tool_name for c in profiled.tool_calls] == ["get_weather"]

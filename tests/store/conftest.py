@@ -42,6 +42,8 @@ class PgServer:
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     """A real PostgreSQL (with pgvector) for this session; `MINIAGENT_TEST_SKIP_POSTGRES=1` skips its tests."""
     if os.environ.get("MINIAGENT_TEST_SKIP_POSTGRES") == "1":
+        if os.environ.get("CI"):  # CI always tests the real PostgreSQL
+            pytest.fail("MINIAGENT_TEST_SKIP_POSTGRES=1 is not allowed in CI")
         pytest.skip("MINIAGENT_TEST_SKIP_POSTGRES=1")
     import warnings
 
