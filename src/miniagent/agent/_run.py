@@ -174,13 +174,6 @@ class AgentRun(Generic[DepsT, OutputT]):
                     f"The run did not finish within its timeout of {self.timeout_s} s (step {self.step}); "
                     "raise `timeout` or `usage_limits`, or check for a slow model or tool."
                 )
-        except RunError as exc:
-            exc.messages = self.messages
-            exc.usage = self.usage
-            await self._emit(RunFailed(self.run_id, type(exc).__name__, str(exc), self._usage_snapshot()))
-            if self.recorder is not None:
-                await self.recorder.finish(self, "failed", f"{type(exc).__name__}: {exc}")
-            raise
         except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
             with anyio.CancelScope(shield=True):
                 await self._emit(RunCancelled(self.run_id, self._usage_snapshot()))
@@ -188,6 +181,9 @@ class AgentRun(Generic[DepsT, OutputT]):
                     await self.recorder.finish(self, "cancelled")
             raise
         except Exception as exc:
+            if isinstance(exc, RunError):  # a run error carries the run's state, so nothing is lost
+                exc.messages = self.messages
+                exc.usage = self.usage
             await self._emit(RunFailed(self.run_id, type(exc).__name__, str(exc), self._usage_snapshot()))
             if self.recorder is not None:
                 await self.recorder.finish(self, "failed", f"{type(exc).__name__}: {exc}")
