@@ -61,6 +61,7 @@ test: ## Set up, then lint, type-check and run every test (what CI runs), printi
 .PHONY: bench
 bench: install ## Overhead, concurrency, import and construction benchmarks vs the raw openai client
 	$(VENV)/bin/python bench/run.py $(if $(wildcard .venv-peers/bin/python),--peers-python .venv-peers/bin/python,)
+	$(VENV)/bin/python bench/resilience.py
 
 .PHONY: bench-peers
 bench-peers: $(UV) ## Install the peer frameworks into .venv-peers, then run the benchmark with them

@@ -6,6 +6,7 @@ calls per run. Peer frameworks (openai-agents, pydantic-ai, agno, langgraph) are
 process, with `--peers-python PATH` or `.venv-peers/bin/python` when it exists (`make bench-peers` builds it).
 Section (e), `providers.py`, measures each provider adapter against the bare SDK call, with `stub_providers.py`.
 Section (f), `memory_recall.py`, measures long-term memory: embedder recall@k and recall latency over 10k memories.
+Section (g), `observability.py`, measures a run with logs, traces and metrics on against all of them off.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rich.table import Table
 
 import _harness
 import memory_recall
+import observability
 import providers
 from _harness import INSTRUCTIONS, PROMPT, Result, check_answer, get_time, get_weather
 from _raw import raw_client, raw_run_once
@@ -179,6 +181,14 @@ def render(
     console.print(sizes)
 
 
+def _observability(args: argparse.Namespace, console: Console) -> observability.Figures | None:
+    """(g), unless `--no-observability`."""
+    if args.no_observability:
+        return None
+    console.print("  measuring (g) observability overhead ...")
+    return observability.run_section(args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark miniagent against the raw openai SDK and peers.")
     parser.add_argument("--runs", type=int, default=100, help="sequential runs per framework")
@@ -191,6 +201,8 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="measure miniagent and the raw SDK only")
     parser.add_argument("--no-providers", action="store_true", help="skip (e), the provider adapters")
     parser.add_argument("--no-memory", action="store_true", help="skip (f), long-term memory (embedders, recall)")
+    parser.add_argument("--no-observability", action="store_true", help="skip (g), logs + traces + metrics overhead")
+    observability.add_arguments(parser)
     providers.add_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
@@ -238,6 +250,8 @@ def main() -> None:
         console.print("  measuring (f) long-term memory ...")
         memory = memory_recall.run_section(console=console)
 
+    obs = _observability(args, console)
+
     render(console, local, imports, peers, args)
     if provider_rows:
         console.print(
@@ -251,11 +265,15 @@ def main() -> None:
     if memory is not None:
         for table in memory_recall.render(memory):
             console.print(table)
+    if obs is not None:
+        console.print(observability.render(obs))
     console.print(f"took {time.monotonic() - started:.0f} s")
     if args.json:
         figures = [r.as_dict() for r in [*imports, *peers]] + [row.as_dict() for row in provider_rows]
         if memory is not None:
             figures.append({"section": "memory", **memory.as_dict()})
+        if obs is not None:
+            figures.append(obs.as_dict())
         args.json.write_text(json.dumps(figures, indent=2))
 
 

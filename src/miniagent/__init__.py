@@ -16,8 +16,11 @@ from ._version import __version__
 from .agent import Agent, RunResult, StreamedRun
 from .context import RunContext
 from .errors import (
+    AllModelsFailed,
+    CircuitOpen,
     MiniAgentError,
     ModelRetry,
+    ModelTimeout,
     RunError,
     RunTimeout,
     ToolRetriesExceeded,
@@ -27,6 +30,8 @@ from .errors import (
 )
 from .events import (
     AgentEvent,
+    CircuitStateChanged,
+    FallbackUsed,
     HistoryFitted,
     ModelRequestStarted,
     ModelResponseReceived,
@@ -35,6 +40,7 @@ from .events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    StreamRestarted,
     TextDelta,
     ThinkingDelta,
     ToolCallArgsDelta,
@@ -61,12 +67,16 @@ from .usage import Usage, UsageLimits
 if TYPE_CHECKING:
     from .models.local import LocalModel
     from .models.openai_chat import OpenAIChatModel
+    from .resilience import CircuitBreaker, FallbackModel, RetryPolicy
     from .settings import Settings
 
 # Names served on first access, so `import miniagent` loads no provider SDK, llama.cpp or pydantic-settings.
 _LAZY_EXPORTS: dict[str, tuple[str, str | None]] = {
     "LocalModel": ("miniagent.models.local", "local"),
     "OpenAIChatModel": ("miniagent.models.openai_chat", "openai"),
+    "CircuitBreaker": ("miniagent.resilience", None),
+    "FallbackModel": ("miniagent.resilience", None),
+    "RetryPolicy": ("miniagent.resilience", None),
     "Settings": ("miniagent.settings", None),
 }
 
@@ -97,6 +107,7 @@ __all__ = [
     "StreamedRun",
     "Tool",
     # models
+    "FallbackModel",
     "LocalModel",
     "Model",
     "ModelSettings",
@@ -128,6 +139,12 @@ __all__ = [
     "ToolCallFinished",
     "ToolCallStarted",
     "UsageUpdated",
+    "StreamRestarted",
+    "FallbackUsed",
+    "CircuitStateChanged",
+    # resilience
+    "CircuitBreaker",
+    "RetryPolicy",
     # usage and settings
     "Settings",
     "Usage",
@@ -141,6 +158,9 @@ __all__ = [
     "UnexpectedModelBehavior",
     "UsageLimitExceeded",
     "UserError",
+    "AllModelsFailed",
+    "CircuitOpen",
+    "ModelTimeout",
     # version
     "__version__",
 ]

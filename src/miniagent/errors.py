@@ -16,8 +16,11 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 │   ├── UsageLimitExceeded          a step, request, token or tool-call limit was reached
 │   ├── UnexpectedModelBehavior     the model kept returning output we cannot use
 │   │   └── ToolRetriesExceeded     a tool's arguments failed validation more often than allowed
-│   ├── RunTimeout                  the run's own deadline passed
+│   ├── RunTimeout                  a deadline passed; `stage` says which (run, step, request, tool)
 │   └── ModelAPIError               the model's API failed: transport, timeout, a body we cannot parse
+│       ├── ModelTimeout            one request (or a silent stream) passed its deadline
+│       ├── CircuitOpen             the upstream's breaker is open: not called until it cools down
+│       ├── AllModelsFailed         every model of a fallback chain failed (`failures` names each)
 │       └── ModelHTTPError          the API answered with an error status
 │           ├── ModelRateLimited        429: too many requests (carries `retry_after_s`)
 │           ├── ModelOverloaded         503/529: the provider is overloaded or unavailable
@@ -31,13 +34,15 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from .messages import ModelMessage
     from .usage import Usage
 
 __all__ = [
+    "AllModelsFailed",
+    "CircuitOpen",
     "ContentFiltered",
     "ContextLengthExceeded",
     "MiniAgentError",
@@ -51,6 +56,7 @@ __all__ = [
     "ModelOverloaded",
     "ModelRateLimited",
     "ModelRetry",
+    "ModelTimeout",
     "OptionalDependencyError",
     "OutputTypeError",
     "RunError",
@@ -58,11 +64,13 @@ __all__ = [
     "StoreError",
     "ThreadConflict",
     "ThreadNotFound",
+    "TimeoutStage",
     "ToolDefinitionError",
     "ToolRetriesExceeded",
     "UnexpectedModelBehavior",
     "UsageLimitExceeded",
     "UserError",
+    "is_permanent_failure",
 ]
 
 
@@ -163,8 +171,30 @@ class ToolRetriesExceeded(UnexpectedModelBehavior):
     """A tool's arguments failed validation more times than the tool's `retries` allow."""
 
 
+TimeoutStage = Literal["run", "step", "request", "tool"]
+"""What timed out: the whole run, one step (model request plus its tool calls), one model request, one tool call."""
+
+
 class RunTimeout(RunError):
-    """The run's deadline passed before it finished."""
+    """A deadline passed before the run finished; `stage` says which one (the run's, a step's, ...)."""
+
+    stage: TimeoutStage
+    """The deadline that passed."""
+    timeout_s: float | None
+    """The deadline, in seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: TimeoutStage = "run",
+        timeout_s: float | None = None,
+        messages: list[ModelMessage] | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        super().__init__(message, messages=messages, usage=usage)
+        self.stage = stage
+        self.timeout_s = timeout_s
 
 
 class ModelAPIError(RunError):
@@ -196,6 +226,45 @@ class ModelAPIError(RunError):
         self.provider = provider
         self.request_id = request_id
         self.retryable = self.default_retryable if retryable is None else retryable
+
+
+class ModelTimeout(ModelAPIError):
+    """One model request did not answer (or a stream went silent) within its deadline; worth retrying."""
+
+    stage: TimeoutStage = "request"
+    """Always `request`: the deadline of one model request."""
+
+
+class CircuitOpen(ModelAPIError):
+    """The upstream's circuit breaker is open: it failed too often recently, so it is not called until it cools down.
+
+    Not retryable on the same upstream (the breaker decides when to probe it again); a fallback moves on at once.
+    """
+
+    default_retryable = False
+
+    upstream: str
+    """The upstream whose breaker is open."""
+    retry_in_s: float
+    """Seconds until the breaker lets a probe request through."""
+
+    def __init__(self, message: str, *, model_name: str, upstream: str, retry_in_s: float) -> None:
+        super().__init__(message, model_name=model_name)
+        self.upstream = upstream
+        self.retry_in_s = retry_in_s
+
+
+class AllModelsFailed(ModelAPIError):
+    """Every model of a fallback chain failed; `failures` names each one and why."""
+
+    default_retryable = False
+
+    failures: list[tuple[str, BaseException]]
+    """Each model's name and the error it ended with, in the order they were tried."""
+
+    def __init__(self, message: str, *, model_name: str, failures: list[tuple[str, BaseException]]) -> None:
+        super().__init__(message, model_name=model_name)
+        self.failures = failures
 
 
 class ModelHTTPError(ModelAPIError):
@@ -284,3 +353,13 @@ class ModelBadRequest(ModelHTTPError):
 
 class ModelRetry(MiniAgentError):
     """Raise from a tool (or output validator) to send `message` back to the model and let it try again."""
+
+
+def is_permanent_failure(exc: BaseException) -> bool:
+    """Whether a run that ended with `exc` failed for good and belongs in the dead-letter table.
+
+    True for upstream failures that survived the retry policy, breakers and fallbacks (every `ModelAPIError`,
+    including `CircuitOpen` and `AllModelsFailed`) and for timeouts; false for the caller's own limits, bad input
+    and cancellation, which a replay would not fix.
+    """
+    return isinstance(exc, ModelAPIError | RunTimeout)

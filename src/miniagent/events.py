@@ -7,6 +7,8 @@ The CLI, the server's streams, logs, traces and metrics all read the same stream
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
@@ -20,20 +22,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentEvent",
+    "CircuitState",
+    "CircuitStateChanged",
+    "EventHandler",
+    "FallbackUsed",
     "HistoryFitted",
     "ModelRequestStarted",
     "ModelResponseReceived",
+    "RetryCause",
     "RetryScheduled",
     "RunCancelled",
     "RunFailed",
     "RunFinished",
     "RunStarted",
+    "StreamRestarted",
     "TextDelta",
     "ThinkingDelta",
     "ToolCallArgsDelta",
     "ToolCallFinished",
     "ToolCallStarted",
     "UsageUpdated",
+    "add_event_handler",
     "event_from_json",
     "event_to_json",
 ]
@@ -206,26 +215,109 @@ class ToolCallFinished:
     """Tag that identifies this event type."""
 
 
+RetryCause: TypeAlias = Literal["tool-args", "tool-retry", "output", "unknown-tool", "model-error", "tool-error"]
+"""What failed: the model's tool arguments, a tool's `ModelRetry`, the final output, an unknown tool name (all
+answered by the model trying again), or an upstream failure (a model request or a tool call, tried again by the
+retry policy after `delay_s`)."""
+
+
 @dataclass(slots=True)
 class RetryScheduled:
-    """Something is tried again: the model's tool arguments or output failed validation, or a tool asked for it."""
+    """Something is tried again.
+
+    The model's tool arguments or output failed validation, a tool asked for it (the model tries again), or a model
+    request or tool call failed and the retry policy repeats it after `delay_s`.
+    """
 
     run_id: str
     """The run's id."""
     step: int
     """The step whose output is retried."""
-    cause: Literal["tool-args", "tool-retry", "output", "unknown-tool"]
+    cause: RetryCause
     """What failed."""
     attempt: int
     """Which retry this is, from 1."""
     delay_s: float
     """How long before the retry, in seconds."""
     message: str
-    """The error the model will be shown."""
+    """The error the model will be shown, or the upstream error that is retried."""
     _: KW_ONLY
     tool_name: str | None = None
     """The tool concerned, if any."""
+    error_type: str | None = None
+    """The class name of the error retried (for `model-error` and `tool-error`)."""
+    upstream: str | None = None
+    """The upstream retried: a model's name or `tool:<name>`."""
     kind: Literal["retry-scheduled"] = "retry-scheduled"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class StreamRestarted:
+    """The response being streamed for `step` broke off and starts again.
+
+    Discard the partial text, thinking and tool-call arguments of this step received so far: the final response
+    never mixes two attempts.
+    """
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step whose partial output is discarded."""
+    model_name: str
+    """The model that streams the new attempt."""
+    reason: str
+    """Why the stream restarted (the error that cut it)."""
+    _: KW_ONLY
+    discarded_chars: int = 0
+    """How many characters of partial output were streamed and are now void."""
+    kind: Literal["stream-restarted"] = "stream-restarted"
+    """Tag that identifies this event type."""
+
+
+@dataclass(slots=True)
+class FallbackUsed:
+    """A model of a fallback chain failed (or its breaker was open), and the request moves to the next one."""
+
+    run_id: str
+    """The run's id."""
+    step: int
+    """The step whose request moves on."""
+    from_model: str
+    """The model that failed."""
+    to_model: str
+    """The model tried next."""
+    error_type: str
+    """The class name of the error that made the chain move on."""
+    message: str
+    """That error's message."""
+    _: KW_ONLY
+    after_stream_start: bool = False
+    """Whether part of a response had already been streamed (a `StreamRestarted` event follows)."""
+    kind: Literal["fallback-used"] = "fallback-used"
+    """Tag that identifies this event type."""
+
+
+CircuitState: TypeAlias = Literal["closed", "open", "half-open"]
+"""A circuit breaker's state: calls flow, calls fail fast, or a few probe calls test the upstream."""
+
+
+@dataclass(slots=True)
+class CircuitStateChanged:
+    """An upstream's circuit breaker changed state."""
+
+    run_id: str | None
+    """The run whose call changed it, or `None` outside a run."""
+    upstream: str
+    """The upstream (a model's name or `tool:<name>`)."""
+    from_state: CircuitState
+    """The state before."""
+    to_state: CircuitState
+    """The state now."""
+    reason: str
+    """Why (failure rate over the window, a probe's result, the open duration passed)."""
+    _: KW_ONLY
+    kind: Literal["circuit-state-changed"] = "circuit-state-changed"
     """Tag that identifies this event type."""
 
 
@@ -300,6 +392,9 @@ AgentEvent: TypeAlias = Annotated[
     | ToolCallStarted
     | ToolCallFinished
     | RetryScheduled
+    | StreamRestarted
+    | FallbackUsed
+    | CircuitStateChanged
     | UsageUpdated
     | RunFinished
     | RunFailed
@@ -324,3 +419,41 @@ def event_to_json(event: AgentEvent) -> bytes:
 def event_from_json(data: str | bytes) -> AgentEvent:
     """Load an event serialized by [`event_to_json`][miniagent.events.event_to_json]."""
     return _event_adapter().validate_json(data)
+
+
+EventHandler: TypeAlias = Callable[[AgentEvent], None]
+"""A synchronous observer of every event of every run (logs, traces and metrics are handlers).
+
+Called in the task that emits the event, so context variables (the correlation id, the current run from
+[`current_run`][miniagent.context.current_run], an OpenTelemetry context) are those of the run at that point. A
+handler must be quick and must not raise; an exception it raises is logged and swallowed, never the run's problem.
+"""
+
+_handlers: tuple[EventHandler, ...] = ()
+_log = logging.getLogger("miniagent.events")
+
+
+def add_event_handler(handler: EventHandler) -> Callable[[], None]:
+    """Call `handler` with every event of every run in this process, from now on; returns a function removing it."""
+    global _handlers
+    _handlers = (*_handlers, handler)
+
+    def remove() -> None:
+        global _handlers
+        _handlers = tuple(h for h in _handlers if h is not handler)
+
+    return remove
+
+
+def event_handlers() -> tuple[EventHandler, ...]:
+    """The handlers added by [`add_event_handler`][miniagent.events.add_event_handler], in order."""
+    return _handlers
+
+
+def dispatch(event: AgentEvent) -> None:
+    """Give `event` to every process-wide handler; a handler's exception is logged, never raised."""
+    for handler in _handlers:
+        try:
+            handler(event)
+        except Exception:
+            _log.exception("event handler %r failed on %s", handler, type(event).__name__)

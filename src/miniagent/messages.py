@@ -45,8 +45,9 @@ __all__ = [
     "messages_to_json",
 ]
 
-ToolOutcome: TypeAlias = Literal["success", "error", "timeout"]
-"""How a tool call ended: it returned, it raised, or it ran past its timeout."""
+ToolOutcome: TypeAlias = Literal["success", "error", "timeout", "fallback"]
+"""How a tool call ended: it returned, it raised, it ran past its timeout, or it failed and its fallback answered
+(another tool, or its last good result)."""
 
 FinishReason: TypeAlias = Literal["stop", "length", "tool_call", "content_filter", "error"]
 """Why the model stopped generating."""
@@ -127,7 +128,8 @@ class ToolReturnPart:
     """The id of the [`ToolCallPart`][miniagent.messages.ToolCallPart] this answers."""
     _: KW_ONLY
     outcome: ToolOutcome = "success"
-    """Whether the tool returned (`success`), raised (`error`) or ran past its timeout (`timeout`)."""
+    """Whether the tool returned (`success`), raised (`error`), ran past its timeout (`timeout`), or failed and its
+    fallback answered (`fallback`)."""
     kind: Literal["tool-return"] = "tool-return"
     """Tag that identifies this part type."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -44,7 +44,20 @@ class Settings(BaseSettings):
     load_plugins: str | None = None
     """Comma-separated names of model plugins (entry points) to load; unset loads all, empty loads only built-ins."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
-    """Level of miniagent's own log output."""
+    """Level of miniagent's own log output (`miniagent.observability.configure()` uses INFO unless this is set)."""
+    log_format: Literal["json", "console"] | None = None
+    """Log lines once `miniagent.observability.configure()` runs: `json` (one object per line) or `console`
+    (pretty); unset picks `console` on a terminal and `json` otherwise."""
+    log_user_id: Literal["hash", "raw", "omit"] = "hash"
+    """How a run's user id appears in logs, spans and metric labels: an HMAC-SHA256 pseudonym, as is, or not."""
+    user_id_salt: SecretStr | None = None
+    """The key of the user id pseudonyms (set it, so they cannot be reversed by hashing guessed ids)."""
+    trace_content: bool = False
+    """Record prompts, responses, tool arguments and results (redacted) in spans and logs."""
+    redact_values: list[SecretStr] = Field(default_factory=list)
+    """Extra secret values hidden from logs and spans, as a JSON list: `MINIAGENT_REDACT_VALUES='["..."]'`."""
+    metrics_user_label: bool = False
+    """Add a `user` label to the cost metric (one time series per user: mind the cardinality)."""
     prices_file: Path | None = None
     """A TOML or JSON price table (USD per million tokens) merged over the built-in one, to price runs' usage."""
 

@@ -36,6 +36,7 @@ __all__ = [
     "FunctionModel",
     "ManualClock",
     "ModelCall",
+    "RecordingClock",
     "ScriptedModel",
     "ScriptedStep",
     "UnconsumedModelSteps",
@@ -88,3 +89,33 @@ class ManualClock:
                 timer.set()
             else:
                 timer.cancel()
+
+
+class RecordingClock(ManualClock):
+    """A [`ManualClock`][miniagent.testing.ManualClock] whose `sleep` returns at once: it records the delay and
+    moves time forward by it (firing any deadline that falls due).
+
+    Retry delays are asserted from `sleeps` instead of being waited out.
+
+    Example:
+        ```python
+        import anyio
+
+        from miniagent.testing import RecordingClock
+
+        clock = RecordingClock()
+        anyio.run(clock.sleep, 1.5)
+        assert clock.sleeps == [1.5] and clock.now() == 1.5
+        ```
+    """  # noqa: D205 (the summary needs both lines)
+
+    def __init__(self, start: float = 0.0) -> None:
+        super().__init__(start)
+        self.sleeps: list[float] = []
+        """Every delay slept, in order."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Record `seconds` and advance the clock by them, without waiting."""
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+        await anyio.lowlevel.checkpoint()

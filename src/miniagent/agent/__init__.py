@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from .._utils import SYSTEM_CLOCK, Clock, run_until_complete
 from ..errors import UserError
 from ..events import AgentEvent, HistoryFitted
 from ..messages import ModelMessage, Prompt
 from ..models import Model, ModelRequestParameters, ModelSettings, infer_model
+from ..resilience import (
+    DEFAULT_RETRY,
+    BreakerRegistry,
+    FallbackModel,
+    InMemoryLastGoodCache,
+    LastGoodCache,
+    ResilientModel,
+    RetryPolicy,
+)
 from ..tools import Tool, ToolFunc
 from ..usage import Usage, UsageLimits
 from ._output import OutputSchema, check_output_type
@@ -77,6 +86,21 @@ class Agent(Generic[DepsT, OutputT]):
             [`open_store()`][miniagent.store.open_store]).
         long_term_memory: Recalls the user's relevant memories before each stored run (one with a `user_id` or
             `thread_id`) and extracts new facts after it (see [`LongTermMemory`][miniagent.memory.LongTermMemory]).
+        retry: How failed model requests are retried (default: 4 attempts with jittered backoff, honouring
+            `Retry-After`; `None` never retries). The model is wrapped in a
+            [`ResilientModel`][miniagent.resilience.ResilientModel] with it, unless it already is one or a
+            [`FallbackModel`][miniagent.resilience.FallbackModel] (one retry layer, attempts counted once).
+        step_timeout: Deadline of each step (a model request with its retries, and its tool calls) in seconds;
+            exceeding it raises `RunTimeout` with `stage="step"`. `None`: no step deadline.
+        breakers: Where the circuit breakers of the model and of tools with `breaker=True` come from (default: the
+            process-wide [`default_breakers()`][miniagent.resilience.default_breakers]); `False` puts no breaker on
+            the model.
+        last_good_cache: Where tools with `fallback="last-good"` keep their last good results for runs that are not
+            stored (default: in this process); stored runs use the store's.
+
+    Raises:
+        UserError: an invalid option, or options that contradict each other (a request timeout in `model_settings`
+            longer than `step_timeout` or than the retry policy's deadline).
     """
 
     __slots__ = (
@@ -98,6 +122,11 @@ class Agent(Generic[DepsT, OutputT]):
         "_working_memory",
         "store",
         "long_term_memory",
+        "retry",
+        "step_timeout_s",
+        "breakers",
+        "_last_good",
+        "_protected",
     )
 
     @overload
@@ -120,6 +149,10 @@ class Agent(Generic[DepsT, OutputT]):
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
         long_term_memory: LongTermMemory | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        step_timeout: float | None = None,
+        breakers: BreakerRegistry | Literal[False] | None = None,
+        last_good_cache: LastGoodCache | None = None,
     ) -> None: ...
 
     @overload
@@ -142,6 +175,10 @@ class Agent(Generic[DepsT, OutputT]):
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
         long_term_memory: LongTermMemory | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        step_timeout: float | None = None,
+        breakers: BreakerRegistry | Literal[False] | None = None,
+        last_good_cache: LastGoodCache | None = None,
     ) -> None: ...
 
     @overload
@@ -164,6 +201,10 @@ class Agent(Generic[DepsT, OutputT]):
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
         long_term_memory: LongTermMemory | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        step_timeout: float | None = None,
+        breakers: BreakerRegistry | Literal[False] | None = None,
+        last_good_cache: LastGoodCache | None = None,
     ) -> None: ...
 
     @overload
@@ -186,6 +227,10 @@ class Agent(Generic[DepsT, OutputT]):
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
         long_term_memory: LongTermMemory | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        step_timeout: float | None = None,
+        breakers: BreakerRegistry | Literal[False] | None = None,
+        last_good_cache: LastGoodCache | None = None,
     ) -> None: ...
 
     def __init__(
@@ -207,6 +252,10 @@ class Agent(Generic[DepsT, OutputT]):
         working_memory: WorkingMemory | None = None,
         store: SQLStore | None = None,
         long_term_memory: LongTermMemory | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        step_timeout: float | None = None,
+        breakers: BreakerRegistry | Literal[False] | None = None,
+        last_good_cache: LastGoodCache | None = None,
     ) -> None:
         if model is not None and not isinstance(cast(object, model), (Model, str)):
             raise UserError(
@@ -220,6 +269,7 @@ class Agent(Generic[DepsT, OutputT]):
             raise UserError(f"`output_retries` must be >= 0, got {output_retries!r}.")
         if not tool_timeout > 0:
             raise UserError(f"`tool_timeout` must be a positive number of seconds, got {tool_timeout!r}.")
+        _check_resilience(retry, step_timeout, breakers, last_good_cache, model_settings)
         if max_steps is not None:
             if not isinstance(cast(object, max_steps), int) or max_steps < 1:
                 raise UserError(f"`max_steps` must be a positive integer (model requests per run), got {max_steps!r}.")
@@ -249,11 +299,40 @@ class Agent(Generic[DepsT, OutputT]):
         self._working_memory = working_memory
         self.store = store
         self.long_term_memory = long_term_memory
+        self.retry = retry
+        self.step_timeout_s = step_timeout
+        self.breakers = breakers
+        self._last_good = last_good_cache
+        self._protected: tuple[Model, Model] | None = None
         for tool in tools:
             self._add_tool(tool if isinstance(tool, Tool) else Tool(tool))
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, model={self._model_spec!r}, tools={list(self._tools)!r})"
+
+    def _last_good_cache(self) -> LastGoodCache:
+        """The in-process cache of last good tool results (made on first use)."""
+        if self._last_good is None:
+            self._last_good = InMemoryLastGoodCache()
+        return self._last_good
+
+    def _protect(self, model: Model) -> Model:
+        """`model` with the agent's retry policy and breaker: the one retry layer (not added twice)."""
+        if isinstance(model, ResilientModel | FallbackModel):
+            return model
+        cached = self._protected
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        breakers = self.breakers
+        wrapped = ResilientModel(
+            model,
+            retry=self.retry,
+            breaker=breakers is not False,
+            breakers=breakers or None,
+            clock=self.clock,
+        )
+        self._protected = (model, wrapped)
+        return wrapped
 
     # ---- tools -------------------------------------------------------------------------------------------
 
@@ -270,7 +349,16 @@ class Agent(Generic[DepsT, OutputT]):
 
     @overload
     def tool(
-        self, /, *, name: str | None = None, retries: int | None = None, timeout: float | None = None
+        self,
+        /,
+        *,
+        name: str | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: bool = False,
+        fallback: str | Literal["last-good"] | None = None,
+        idempotent: bool = True,
     ) -> Callable[[F], F]: ...
 
     def tool(
@@ -281,15 +369,31 @@ class Agent(Generic[DepsT, OutputT]):
         name: str | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: bool = False,
+        fallback: str | Literal["last-good"] | None = None,
+        idempotent: bool = True,
     ) -> F | Callable[[F], F]:
         """Register a function as a tool: `@agent.tool` or `@agent.tool(name=..., retries=..., timeout=...)`.
 
         The function may be sync (run in a worker thread) or async, and may take a
-        [`RunContext`][miniagent.context.RunContext] first.
+        [`RunContext`][miniagent.context.RunContext] first. `retry`, `breaker`, `fallback` and `idempotent` are
+        the tool's resilience options (see [`Tool`][miniagent.tools.Tool]).
         """
 
         def register(f: F) -> F:
-            self._add_tool(Tool(f, name=name, retries=retries, timeout=timeout))
+            self._add_tool(
+                Tool(
+                    f,
+                    name=name,
+                    retries=retries,
+                    timeout=timeout,
+                    retry=retry,
+                    breaker=breaker,
+                    fallback=fallback,
+                    idempotent=idempotent,
+                )
+            )
             return f
 
         return register(func) if func is not None else register
@@ -309,6 +413,12 @@ class Agent(Generic[DepsT, OutputT]):
     def _request_params(self) -> ModelRequestParameters:
         if self._params is None:
             schema = self._output_schema()
+            for tool in self._tools.values():
+                if tool.fallback is not None and tool.fallback != "last-good" and tool.fallback not in self._tools:
+                    raise UserError(
+                        f"Tool {tool.name!r} falls back to {tool.fallback!r}, which agent {self.name!r} does not "
+                        f"have; register that tool too, or change `fallback`. Tools: {', '.join(sorted(self._tools))}."
+                    )
             self._params = ModelRequestParameters(
                 function_tools=[t.definition for t in self._tools.values()],
                 output_tools=[schema.tool] if schema.tool else [],
@@ -383,10 +493,15 @@ class Agent(Generic[DepsT, OutputT]):
     ) -> AgentRun[DepsT, OutputT]:
         if timeout is not None and not timeout > 0:
             raise UserError(f"`timeout` must be a positive number of seconds or None, got {timeout!r}.")
+        if timeout is not None and self.step_timeout_s is not None and timeout < self.step_timeout_s:
+            raise UserError(
+                f"The run's `timeout` ({timeout} s) is shorter than the agent's `step_timeout` ({self.step_timeout_s} "
+                "s), so the step deadline could never apply: raise `timeout` or lower `step_timeout`."
+            )
         settings = self.model_settings.merged(model_settings) if self.model_settings else model_settings
         return AgentRun(
             self,
-            model=self.resolve_model(model),
+            model=self._protect(self.resolve_model(model)),
             deps=deps,
             message_history=message_history,
             usage_limits=usage_limits or self.usage_limits,
@@ -599,3 +714,37 @@ class Agent(Generic[DepsT, OutputT]):
         ) as streamed:
             async for event in streamed.events():
                 yield event
+
+
+def _check_resilience(
+    retry: object, step_timeout: object, breakers: object, last_good_cache: object, settings: ModelSettings | None
+) -> None:
+    """Reject resilience options that are invalid or contradict each other, saying what to change."""
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise UserError(f"`retry` must be a RetryPolicy or None, got {type(retry).__name__}.")
+    if step_timeout is not None and (
+        isinstance(step_timeout, bool) or not isinstance(step_timeout, int | float) or not step_timeout > 0
+    ):
+        raise UserError(f"`step_timeout` must be a positive number of seconds or None, got {step_timeout!r}.")
+    if breakers is not None and breakers is not False and not isinstance(breakers, BreakerRegistry):
+        raise UserError(f"`breakers` must be a BreakerRegistry, False or None, got {type(breakers).__name__}.")
+    if last_good_cache is not None and not isinstance(last_good_cache, LastGoodCache):
+        raise UserError(
+            f"`last_good_cache` must implement LastGoodCache (async get/put), got {type(last_good_cache).__name__}."
+        )
+    request_s = settings.timeout_s if settings is not None else None
+    if request_s is None:
+        return
+    if isinstance(step_timeout, int | float) and request_s > step_timeout:
+        raise UserError(
+            f"The request timeout in `model_settings` ({request_s} s) is longer than `step_timeout` "
+            f"({step_timeout} s): a slow request would always end the step first. Lower `timeout_s` or raise "
+            "`step_timeout`."
+        )
+    deadline = retry.deadline_s if isinstance(retry, RetryPolicy) and retry.max_attempts > 1 else None
+    if deadline is not None and deadline < request_s:
+        raise UserError(
+            f"The retry policy's `deadline_s` ({deadline} s) is shorter than one request's timeout in "
+            f"`model_settings` ({request_s} s): a timed-out request could never be retried. Raise `deadline_s` "
+            "or lower `timeout_s`."
+        )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import anyio
 
+from .. import events as _events
 from .._utils import Clock
-from ..context import RunContext
+from ..context import RunContext, RunScope, correlation_id, run_scope
 from ..errors import (
     ModelRetry,
     RunError,
@@ -21,6 +25,7 @@ from ..errors import (
 )
 from ..events import (
     AgentEvent,
+    FallbackUsed,
     ModelRequestStarted,
     ModelResponseReceived,
     RetryScheduled,
@@ -28,6 +33,7 @@ from ..events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    StreamRestarted,
     TextDelta,
     ThinkingDelta,
     ToolCallArgsDelta,
@@ -52,11 +58,15 @@ from ..models import (
     ModelRequestParameters,
     ModelSettings,
     ResponseAssembler,
+    StreamReset,
     TextChunk,
     ThinkingChunk,
     ToolCallChunk,
 )
 from ..models._prices import price_response
+from ..resilience import BreakerRegistry, LastGoodCache, args_key, default_breakers, describe_age
+from ..resilience._resilient import one_line
+from ..resilience._retry import Attempts
 from ..tools import Tool
 from ..usage import Usage, UsageLimits
 from ._output import OutputSchema
@@ -72,6 +82,8 @@ DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
 
 RetryCause = Literal["tool-args", "tool-retry", "output", "unknown-tool"]
+
+_log = logging.getLogger("miniagent.resilience")
 
 EventSink = Callable[[AgentEvent], Awaitable[None]]
 """Receives each event of a run, in order."""
@@ -132,10 +144,31 @@ class AgentRun(Generic[DepsT, OutputT]):
         self.params: ModelRequestParameters = agent._request_params()
         self._tool_retries: dict[str, int] = {}
         self._output_retries = 0
+        self.scope: RunScope
+        self._step_model: str | None = None
+        self.step_timeout_s: float | None = agent.step_timeout_s
 
     async def _emit(self, event: AgentEvent) -> None:
+        if isinstance(event, FallbackUsed):
+            self._step_model = event.to_model
+        elif isinstance(event, ModelRequestStarted):
+            self._step_model = None
+        if _events.event_handlers():  # process-wide observers (logs, traces, metrics), in the emitting task
+            _events.dispatch(event)
         if self.sink is not None:
             await self.sink(event)
+
+    def _scope(self) -> RunScope:
+        recorder = self.recorder
+        return RunScope(
+            self.run_id,
+            self.agent.name,
+            correlation_id(),
+            self._emit,
+            thread_id=recorder.thread_id if recorder is not None else None,
+            user_id=recorder.user_id if recorder is not None else None,
+            tenant_id=recorder.store.tenant_id if recorder is not None else None,
+        )
 
     def _first_request(self, prompt: Prompt | None) -> ModelRequest | None:
         parts: list[ModelRequestPart] = []
@@ -162,6 +195,10 @@ class AgentRun(Generic[DepsT, OutputT]):
                 "A run needs a prompt or a message history that ends with a request; pass `prompt`.",
             )
         text = prompt if isinstance(prompt, str) or prompt is None else prompt_part(prompt).content
+        with run_scope(self._scope()) as self.scope:
+            return await self._run(text)
+
+    async def _run(self, text: str | None) -> RunResult[OutputT]:
         await self._emit(RunStarted(self.run_id, self.agent.name, text))
         started = self.clock.now()
         try:
@@ -172,7 +209,9 @@ class AgentRun(Generic[DepsT, OutputT]):
             if scope.cancelled_caught:
                 raise RunTimeout(
                     f"The run did not finish within its timeout of {self.timeout_s} s (step {self.step}); "
-                    "raise `timeout` or `usage_limits`, or check for a slow model or tool."
+                    "raise `timeout` or `usage_limits`, or check for a slow model or tool.",
+                    stage="run",
+                    timeout_s=self.timeout_s,
                 )
         except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
             with anyio.CancelScope(shield=True):
@@ -186,7 +225,7 @@ class AgentRun(Generic[DepsT, OutputT]):
                 exc.usage = self.usage
             await self._emit(RunFailed(self.run_id, type(exc).__name__, str(exc), self._usage_snapshot()))
             if self.recorder is not None:
-                await self.recorder.finish(self, "failed", f"{type(exc).__name__}: {exc}")
+                await self.recorder.finish(self, "failed", f"{type(exc).__name__}: {exc}", exc=exc)
             raise
         await self._emit(RunFinished(self.run_id, output, self._usage_snapshot(), self.clock.now() - started))
         if self.recorder is not None:
@@ -197,8 +236,16 @@ class AgentRun(Generic[DepsT, OutputT]):
             messages=self.messages,
             new_message_index=self.new_message_index,
             usage=self.usage,
-            model_name=self.model.name,
+            model_name=self._answering_model(),
         )
+
+    def _answering_model(self) -> str:
+        """The configured name of the model that produced the final answer (a fallback chain's member).
+
+        The last `FallbackUsed` of the final step names it; without one, the run's own model answered. (A response's
+        `model_name` is what the provider reported, e.g. a dated snapshot, so it is not used here.)
+        """
+        return self._step_model or self.model.name
 
     def _usage_snapshot(self) -> Usage:
         snapshot = Usage()
@@ -209,26 +256,39 @@ class AgentRun(Generic[DepsT, OutputT]):
         while True:
             self.limits.check_before_request(self.usage)
             self.step += 1
-            await self._emit(ModelRequestStarted(self.run_id, self.step, self.model.name))
-            response = await self._request()
-            # The one place usage becomes cost, for streamed and whole responses alike (a cached lookup per model).
-            cost = response.usage.cost_usd = price_response(response, self.model.name)
-            self.usage.requests += 1
-            self.usage.input_tokens += response.usage.input_tokens
-            self.usage.output_tokens += response.usage.output_tokens
-            self.usage.cache_read_tokens += response.usage.cache_read_tokens
-            self.usage.reasoning_tokens += response.usage.reasoning_tokens
-            self.usage.cost_usd = None if cost is None or self.usage.cost_usd is None else self.usage.cost_usd + cost
-            self.messages.append(response)
-            await self._emit(ModelResponseReceived(self.run_id, self.step, response))
-            await self._emit(UsageUpdated(self.run_id, self._usage_snapshot()))
-            self.limits.check_tokens(self.usage)
-            outcome = await self._handle(response)
+            self.scope.step = self.step
+            with self.clock.deadline_scope(self.step_timeout_s) as step_scope:
+                outcome = await self._step()
+            if step_scope.cancelled_caught:
+                raise RunTimeout(
+                    f"Step {self.step} (a model request and its tool calls) did not finish within the step timeout of "
+                    f"{self.step_timeout_s} s; raise `step_timeout`, or check for a slow model or tool.",
+                    stage="step",
+                    timeout_s=self.step_timeout_s,
+                )
             if isinstance(outcome, _Final):
                 return outcome.output
             self.messages.append(ModelRequest(outcome))
             if self.recorder is not None:  # the step (response + tool results) in one transaction
                 await self.recorder.checkpoint(self)
+
+    async def _step(self) -> _Final[OutputT] | list[ModelRequestPart]:
+        """One model request and the tool calls it asks for."""
+        await self._emit(ModelRequestStarted(self.run_id, self.step, self.model.name))
+        response = await self._request()
+        # The one place usage becomes cost, for streamed and whole responses alike (a cached lookup per model).
+        cost = response.usage.cost_usd = price_response(response, self.model.name)
+        self.usage.requests += 1
+        self.usage.input_tokens += response.usage.input_tokens
+        self.usage.output_tokens += response.usage.output_tokens
+        self.usage.cache_read_tokens += response.usage.cache_read_tokens
+        self.usage.reasoning_tokens += response.usage.reasoning_tokens
+        self.usage.cost_usd = None if cost is None or self.usage.cost_usd is None else self.usage.cost_usd + cost
+        self.messages.append(response)
+        await self._emit(ModelResponseReceived(self.run_id, self.step, response))
+        await self._emit(UsageUpdated(self.run_id, self._usage_snapshot()))
+        self.limits.check_tokens(self.usage)
+        return await self._handle(response)
 
     async def _request(self) -> ModelResponse:
         # With working memory, the model sees the history fitted to its token budget; `self.messages` stays whole.
@@ -241,6 +301,19 @@ class AgentRun(Generic[DepsT, OutputT]):
         chunks = self.model.request_stream(messages, self.model_settings, self.params)
         try:
             async for chunk in chunks:
+                if isinstance(chunk, StreamReset):  # a resilience wrapper restarts the stream: void this step so far
+                    discarded = assembler.streamed_chars()
+                    assembler.add(chunk)
+                    await self._emit(
+                        StreamRestarted(
+                            self.run_id,
+                            self.step,
+                            chunk.model_name or self.model.name,
+                            chunk.reason,
+                            discarded_chars=discarded,
+                        )
+                    )
+                    continue
                 assembler.add(chunk)
                 if isinstance(chunk, TextChunk):
                     if chunk.delta:
@@ -392,6 +465,78 @@ class AgentRun(Generic[DepsT, OutputT]):
     async def _call_tool(self, tool: Tool[DepsT], call: ToolCallPart, kwargs: dict[str, Any]) -> ModelRequestPart:
         self.usage.tool_calls += 1
         await self._emit(ToolCallStarted(self.run_id, self.step, tool.name, call.tool_call_id, kwargs))
+        started = self.clock.now()
+        part = await self._tool_attempts(tool, call, kwargs)
+        if isinstance(part, ToolReturnPart):
+            if part.outcome != "success" and tool.fallback is not None:
+                part = await self._tool_fallback(tool, call, kwargs, part)
+            elif part.outcome == "success" and tool.fallback == "last-good":
+                await self._remember(tool, kwargs, part.content)
+        await self._emit(
+            ToolCallFinished(
+                self.run_id,
+                self.step,
+                tool.name,
+                call.tool_call_id,
+                part.outcome if isinstance(part, ToolReturnPart) else "error",
+                self.clock.now() - started,
+                part.content,
+            )
+        )
+        return part
+
+    async def _tool_attempts(self, tool: Tool[DepsT], call: ToolCallPart, kwargs: dict[str, Any]) -> ModelRequestPart:
+        """Call `tool` under its breaker, retrying per its policy (idempotent tools only); never raises its error."""
+        policy = tool.retry if tool.idempotent else None
+        attempts = Attempts(policy, self.clock.now()) if policy is not None else None
+        breaker = self._breaker_registry().get(f"tool:{tool.name}") if tool.breaker else None
+        while True:
+            if attempts is not None:
+                attempts.begin()
+            if breaker is not None and not await breaker.allow():
+                wait = breaker.retry_in_s()
+                when = f"it may work again in about {wait:.0f} s" if wait > 0 else "it is being tested again now"
+                return ToolReturnPart(
+                    tool.name,
+                    f"Error: the tool {tool.name!r} is unavailable: it failed too often recently, so it was not "
+                    f"called (circuit breaker open); {when}. Do without it or try another way.",
+                    call.tool_call_id,
+                    outcome="error",
+                )
+            part, error = await self._tool_once(tool, call, kwargs)
+            if breaker is not None:
+                await (breaker.record_success() if error is None else breaker.record_failure())
+            if error is None or attempts is None or policy is None:
+                return part
+            retry_on = policy.retry_on
+            delay = attempts.retry_delay(
+                error, self.clock.now(), retryable=retry_on(error) if retry_on is not None else True
+            )
+            if delay is None:
+                return part
+            await self._emit(
+                RetryScheduled(
+                    self.run_id,
+                    self.step,
+                    "tool-error",
+                    attempts.attempt,
+                    delay,
+                    one_line(str(part.content)),
+                    tool_name=tool.name,
+                    error_type=type(error).__name__,
+                    upstream=f"tool:{tool.name}",
+                )
+            )
+            await self.clock.sleep(delay)
+
+    def _breaker_registry(self) -> BreakerRegistry:
+        breakers = self.agent.breakers
+        return breakers if isinstance(breakers, BreakerRegistry) else default_breakers()
+
+    async def _tool_once(
+        self, tool: Tool[DepsT], call: ToolCallPart, kwargs: dict[str, Any]
+    ) -> tuple[ModelRequestPart, Exception | None]:
+        """One call of `tool`, with its timeout: the part for the model, and the error if it failed."""
         ctx = RunContext(
             self.deps,
             run_id=self.run_id,
@@ -404,8 +549,8 @@ class AgentRun(Generic[DepsT, OutputT]):
             retry=self._tool_retries.get(tool.name, 0),
         )
         timeout = tool.timeout_s if tool.timeout_s is not None else self.agent.tool_timeout_s
-        started = self.clock.now()
         part: ModelRequestPart
+        error: Exception | None = None
         with self.clock.deadline_scope(timeout) as scope:
             try:
                 value = Tool.serialize_result(await tool.call(ctx, kwargs))
@@ -416,6 +561,7 @@ class AgentRun(Generic[DepsT, OutputT]):
             except (UsageLimitExceeded, RunError):
                 raise
             except Exception as exc:
+                error = exc
                 part = ToolReturnPart(
                     tool.name,
                     f"Error: the tool raised {type(exc).__name__}: {exc}",
@@ -423,34 +569,90 @@ class AgentRun(Generic[DepsT, OutputT]):
                     outcome="error",
                 )
         if scope.cancelled_caught:
+            error = TimeoutError(f"the tool {tool.name!r} did not finish within its timeout of {timeout} s")
             part = ToolReturnPart(
                 tool.name,
                 f"Error: the tool did not finish within its timeout of {timeout} s.",
                 call.tool_call_id,
                 outcome="timeout",
             )
-        if isinstance(part, ToolReturnPart):
-            await self._emit(
-                ToolCallFinished(
-                    self.run_id,
-                    self.step,
-                    tool.name,
-                    call.tool_call_id,
-                    part.outcome,
-                    self.clock.now() - started,
-                    part.content,
-                )
+        return part, error
+
+    # ---- graceful degradation of tools -------------------------------------------------------------------
+
+    def _last_good(self) -> LastGoodCache:
+        """The store's cache of last good tool results for a stored run, else the agent's in-process one."""
+        if self.recorder is not None:
+            results = getattr(self.recorder.store, "tool_results", None)
+            if results is not None:
+                cache: LastGoodCache = results()
+                return cache
+        return self.agent._last_good_cache()
+
+    async def _remember(self, tool: Tool[DepsT], kwargs: dict[str, Any], value: Any) -> None:
+        try:
+            await self._last_good().put(
+                tool.name,
+                args_key(kwargs),
+                value,
+                tenant_id=self.scope.tenant_id,
+                user_id=self.scope.user_id,
+                stored_at=time.time(),
             )
-        else:
-            await self._emit(
-                ToolCallFinished(
-                    self.run_id,
-                    self.step,
-                    tool.name,
-                    call.tool_call_id,
-                    "error",
-                    self.clock.now() - started,
-                    part.content,
-                )
+        except Exception:  # losing a fallback value must not fail the call that produced it
+            _log.exception("could not keep the last good result of tool %r", tool.name)
+
+    async def _tool_fallback(
+        self, tool: Tool[DepsT], call: ToolCallPart, kwargs: dict[str, Any], failed: ToolReturnPart
+    ) -> ToolReturnPart:
+        """What answers for a tool that failed for good: its last good result, or its fallback tool."""
+        from pydantic import ValidationError
+
+        reason = str(failed.content).removeprefix("Error: ").rstrip(".")
+        if tool.fallback == "last-good":
+            found = await self._last_good().get(
+                tool.name, args_key(kwargs), tenant_id=self.scope.tenant_id, user_id=self.scope.user_id
             )
-        return part
+            if found is None:
+                return failed
+            value, stored_at = found
+            return ToolReturnPart(
+                tool.name,
+                f"The tool {tool.name!r} failed just now ({reason}). This is its last good result for the same "
+                f"arguments, from {describe_age(time.time() - stored_at)} ago (it may be out of date): "
+                f"{_as_text(value)}",
+                call.tool_call_id,
+                outcome="fallback",
+            )
+        other = self.tools.get(tool.fallback or "")
+        if other is None:  # the agent checks fallbacks before a run; a tool removed since is reported, not raised
+            return failed
+        try:
+            other_kwargs = other.validate_args(call.args)
+        except ValidationError:
+            return ToolReturnPart(
+                tool.name,
+                f"{failed.content} Its fallback tool {other.name!r} does not accept the same arguments, so it was "
+                "not called.",
+                call.tool_call_id,
+                outcome=failed.outcome,
+            )
+        part = await self._tool_attempts(other, call, other_kwargs)
+        if isinstance(part, ToolReturnPart) and part.outcome == "success":
+            return ToolReturnPart(
+                tool.name,
+                f"The tool {tool.name!r} failed ({reason}); its fallback tool {other.name!r} answered: "
+                f"{_as_text(part.content)}",
+                call.tool_call_id,
+                outcome="fallback",
+            )
+        return ToolReturnPart(
+            tool.name,
+            f"{failed.content} Its fallback tool {other.name!r} failed too: {part.content}",
+            call.tool_call_id,
+            outcome=failed.outcome,
+        )
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..events import AgentEvent, RunFinished, TextDelta, ToolCallArgsDelta
+from ..events import AgentEvent, RunFinished, StreamRestarted, TextDelta, ToolCallArgsDelta
 from ..usage import Usage
 from ._output import OUTPUT_TOOL_NAME, OutputSchema
 from ._result import RunResult
@@ -123,7 +123,11 @@ class StreamedRun(Generic[OutputT]):
         self._result = task.result()
 
     def stream_text(self, *, delta: bool = True) -> AsyncIterator[str]:
-        """The model's text as it streams: each new piece (`delta=True`) or the whole text so far."""
+        """The model's text as it streams: each new piece (`delta=True`) or the whole text so far.
+
+        When a stream breaks off and starts again (a retry or a fallback model), the whole text starts again from
+        the new attempt; with `delta=True`, read `events()` to see the `StreamRestarted` that voids earlier pieces.
+        """
         return self._track(self._stream_text(delta))
 
     async def _stream_text(self, delta: bool) -> AsyncGenerator[str, None]:
@@ -132,6 +136,8 @@ class StreamedRun(Generic[OutputT]):
             if isinstance(event, TextDelta):
                 text += event.delta
                 yield event.delta if delta else text
+            elif isinstance(event, StreamRestarted):
+                text = ""
 
     def stream_output(self) -> AsyncIterator[OutputT]:
         """The output as it streams: partially filled typed objects, then the validated final output.
@@ -156,6 +162,9 @@ class StreamedRun(Generic[OutputT]):
             elif isinstance(event, TextDelta) and self._schema.text:
                 text += event.delta
                 yield text  # type: ignore[misc]  # OutputT is str here
+            elif isinstance(event, StreamRestarted):  # the step's partial output is void: start it again
+                text = ""
+                args = {key: value for key, value in args.items() if key[0] != event.step}
             elif isinstance(event, RunFinished):
                 yield event.output
 

@@ -1,4 +1,7 @@
-"""The `miniagent` command line: `chat`, `models`, `migrate`, `prune`, `profile`, `--version`."""
+"""The `miniagent` command line.
+
+`chat`, `models`, `migrate`, `prune`, `profile`, `doctor`, `dlq`, `usage`, `--version`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from .._version import __version__
+from ._dlq import dlq_app
+from ._usage import usage
 
 if TYPE_CHECKING:
     from ..store import SQLStore, UserProfile
@@ -71,6 +76,23 @@ def chat(
             help="Continue a stored conversation: a thread id, or 'latest'. `/threads` lists them.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the chat runs.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="Log each run's events to stderr as 'json' lines or a pretty 'console'."),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", help="Level of those logs: DEBUG, INFO, WARNING or ERROR (default INFO)."),
+    ] = None,
 ) -> None:
     """Chat in the terminal, streaming the answer; conversations are kept in the store.
 
@@ -80,7 +102,15 @@ def chat(
     from ._chat import run_chat
 
     code = run_chat(
-        model=model, agent_path=agent, instructions=instructions, demo_tools=demo_tools, debug=debug, resume=resume
+        model=model,
+        agent_path=agent,
+        instructions=instructions,
+        demo_tools=demo_tools,
+        debug=debug,
+        resume=resume,
+        metrics_port=metrics_port,
+        log_format=log_format,
+        log_level=log_level,
     )
     raise typer.Exit(code)
 
@@ -139,6 +169,8 @@ profile_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(profile_app)
+app.add_typer(dlq_app)  # `miniagent dlq list|show|replay|purge` (cli/_dlq.py)
+app.command("usage")(usage)  # `miniagent usage` (cli/_usage.py)
 
 _UserOption = Annotated[
     str, typer.Option("--user", "-u", help="Whose profile (default: the user of `miniagent chat`).")
@@ -226,6 +258,35 @@ def models() -> None:
     for entry in registry.entries(get_settings()):
         table.add_row(entry.prefix, entry.extra or "-", entry.description)
     Console().print(table)
+
+
+@app.command()
+def doctor(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Also check this model (repeatable): 'openai:gpt-4o-mini', "
+            "'openai-compatible:http://host:port/v1#name', 'anthropic:...', 'local'. "
+            "The default model is always checked.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+    readiness: Annotated[
+        bool, typer.Option("--readiness", help="Run only the readiness checks (what the server's /readyz runs).")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each check before it fails.")
+    ] = 10.0,
+) -> None:
+    """Check every configured dependency (models, database and migrations, disk, local model, SQLite extensions).
+
+    Prints each check with its status and how to fix it; exits 1 when a critical check failed, else 0.
+    """
+    from ._doctor import run_doctor
+
+    raise typer.Exit(run_doctor(models=model or [], as_json=as_json, readiness=readiness, timeout_s=timeout))
 
 
 def main() -> None:

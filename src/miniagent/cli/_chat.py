@@ -10,13 +10,23 @@ import operator
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from ..agent import Agent
+from ..context import correlation_scope
 from ..errors import MiniAgentError, UserError
-from ..events import AgentEvent, TextDelta, ToolCallFinished, ToolCallStarted
+from ..events import (
+    AgentEvent,
+    FallbackUsed,
+    RetryScheduled,
+    StreamRestarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+)
 from ..messages import ModelMessage
 from ..models import Model
 
@@ -139,6 +149,10 @@ class _Session:
             self.console.print("\n(type /exit or press Ctrl-D to quit)", style="dim")
 
     async def turn(self, prompt: str) -> None:
+        with correlation_scope():  # the CLI is the edge: one correlation id per turn, on its logs, spans and rows
+            await self._turn(prompt)
+
+    async def _turn(self, prompt: str) -> None:
         self.text_open = False
         if self.store is not None:
             stream = self.agent.run_stream(prompt, model=self.model, store=self.store, thread_id=self.thread_id)
@@ -175,6 +189,20 @@ class _Session:
             out.print(
                 f"  ← {event.tool_name} [{event.outcome}, {event.duration_s:.2f}s]: {result}", style=style, markup=False
             )
+        elif isinstance(event, RetryScheduled) and event.cause in ("model-error", "tool-error"):
+            self._notice(f"[retrying in {event.delay_s:.1f} s: {_short(event.message)}]")
+        elif isinstance(event, FallbackUsed):
+            self._notice(f"[{event.from_model} failed ({event.error_type}); answering with {event.to_model}]")
+        elif isinstance(event, StreamRestarted) and event.discarded_chars:
+            # The partial answer above is void: say so, and the answer starts again on a fresh line.
+            self._notice(f"[the answer was cut off and starts again ({event.model_name}); ignore the text above]")
+
+    def _notice(self, text: str) -> None:
+        """A dim line of its own, never inside the answer's text."""
+        if self.text_open:
+            self.console.print()
+            self.text_open = False
+        self.console.print(text, style="dim", markup=False)
 
 
 async def _open_store(console: Console, resume: str | None) -> tuple[SQLStore, str | None]:
@@ -305,9 +333,62 @@ def run_chat(
     demo_tools: bool,
     debug: bool,
     resume: str | None = None,
+    metrics_port: int | None = None,
+    log_format: str | None = None,
+    log_level: str | None = None,
 ) -> int:
     """Run the chat; returns the process exit code. Errors print their message (and a traceback with `debug`)."""
     console = Console(highlight=False, soft_wrap=True)
+    try:
+        observability = _observe(console, metrics_port=metrics_port, log_format=log_format, log_level=log_level)
+    except MiniAgentError as exc:
+        console.print(f"error: {exc}", style="red", markup=False)
+        return 1
+    try:
+        return _run_chat(console, model, agent_path, instructions, demo_tools, debug, resume)
+    finally:
+        observability()
+
+
+def _observe(
+    console: Console, *, metrics_port: int | None, log_format: str | None, log_level: str | None
+) -> Callable[[], None]:
+    """Configure logs (when asked), metrics (with a port) and traces (when `OTEL_*` says so); returns the undo."""
+    from ..observability import configure, start_metrics_server
+
+    if log_format is not None and log_format not in ("json", "console"):
+        raise UserError(f"--log-format must be 'json' or 'console', got {log_format!r}.")
+    handle = configure(
+        logs=log_format is not None or log_level is not None,
+        log_format="json" if log_format == "json" else "console" if log_format == "console" else None,
+        log_level=log_level.upper() if log_level is not None else None,
+        metrics=metrics_port is not None,
+    )
+    if metrics_port is None:
+        return handle.close
+    try:
+        server = start_metrics_server(metrics_port)
+    except BaseException:
+        handle.close()
+        raise
+    console.print(f"(metrics at {server.url})", style="dim", markup=False)
+
+    def undo() -> None:
+        server.close()
+        handle.close()
+
+    return undo
+
+
+def _run_chat(
+    console: Console,
+    model: str | None,
+    agent_path: str | None,
+    instructions: str | None,
+    demo_tools: bool,
+    debug: bool,
+    resume: str | None,
+) -> int:
     try:
         if agent_path is not None:
             agent = load_agent(agent_path)
@@ -339,3 +420,8 @@ def _version() -> str:
     from .._version import __version__
 
     return __version__
+
+
+def _short(text: str, limit: int = 120) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -26,6 +26,7 @@ __all__ = [
     "ResponseAssembler",
     "StreamChunk",
     "StreamDone",
+    "StreamReset",
     "TextChunk",
     "ThinkingChunk",
     "ToolCallChunk",
@@ -150,7 +151,22 @@ class StreamDone:
     """Provider-specific metadata."""
 
 
-StreamChunk: TypeAlias = TextChunk | ThinkingChunk | ToolCallChunk | StreamDone
+@dataclass(slots=True)
+class StreamReset:
+    """Discard every chunk of this response so far: the stream broke off and starts again.
+
+    Emitted by resilience wrappers (a retry, or the next model of a fallback chain); the loop turns it into a
+    `StreamRestarted` event.
+    """
+
+    reason: str
+    """Why (the error that cut the stream)."""
+    _: KW_ONLY
+    model_name: str | None = None
+    """The model that streams the new attempt."""
+
+
+StreamChunk: TypeAlias = TextChunk | ThinkingChunk | ToolCallChunk | StreamDone | StreamReset
 """One piece of a streamed model response."""
 
 _call_ids = itertools.count(1)
@@ -202,8 +218,20 @@ class ResponseAssembler:
                 part.call_id = chunk.tool_call_id
             if chunk.args_delta:
                 part.args.append(chunk.args_delta)
+        elif isinstance(chunk, StreamReset):
+            self._parts.clear()
+            self._done = None
+            if chunk.model_name:
+                self._model_name = chunk.model_name
         else:
             self._done = chunk
+
+    def streamed_chars(self) -> int:
+        """How many characters of text, thinking and tool arguments were folded in since the last reset."""
+        total = 0
+        for part in self._parts.values():
+            total += sum(len(a) for a in part.args) if isinstance(part, _PendingCall) else len(part.content)
+        return total
 
     def tool_name(self, index: int) -> str | None:
         """The tool name known so far for the call at `index`."""
@@ -240,6 +268,18 @@ class _PendingCall:
     name: str = ""
     call_id: str | None = None
     args: list[str] = field(default_factory=list)
+
+
+def endpoint_upstream(name: str, base_url: str | None) -> str:
+    """A model's `upstream` for an HTTP endpoint: its name and base URL, credentials and query removed."""
+    if not base_url:
+        return name
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return f"{name}@{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def response_chunks(response: ModelResponse) -> list[StreamChunk]:
@@ -280,6 +320,15 @@ class Model(ABC):  # noqa: B024
     def name(self) -> str:
         """The model's name as reported in events and responses."""
         return type(self).__name__
+
+    @property
+    def upstream(self) -> str:
+        """What this model calls, for circuit breakers: models with the same upstream share one breaker.
+
+        The name by default; HTTP providers add their endpoint (without credentials), so two servers serving the
+        same model name fail separately.
+        """
+        return self.name
 
     @property
     def supports_streaming(self) -> bool:

@@ -41,6 +41,7 @@ from ..errors import (
     ModelHTTPError,
     ModelOverloaded,
     ModelRateLimited,
+    ModelTimeout,
     OptionalDependencyError,
     UserError,
 )
@@ -70,6 +71,7 @@ from ._base import (
     ThinkingChunk,
     ToolCallChunk,
     ToolDefinition,
+    endpoint_upstream,
 )
 from ._clients import LoopClients
 from ._http import error_class_for, parse_retry_after
@@ -244,6 +246,11 @@ class AnthropicModel(Model):
         return f"{_PROVIDER}:{self._model_name}"
 
     @property
+    def upstream(self) -> str:
+        """The name and the server's URL (credentials removed): one circuit breaker per server and model."""
+        return endpoint_upstream(self.name, self._base_url)
+
+    @property
     def model_name(self) -> str:
         """The model asked for in each request."""
         return self._model_name
@@ -261,12 +268,13 @@ class AnthropicModel(Model):
         """Ask for one complete response."""
         with self._map_errors():
             message = await self._create(messages, settings, params, stream=False)
-        if not isinstance(message, Message):  # pragma: no cover (what `stream=False` returns)
+        if not isinstance(message, Message):  # a 200 that is not the API's (a proxy's login page): not retried
             raise ModelAPIError(
                 f"{self._subject()} answered with something that is not a message ({type(message).__name__}). "
                 "Check that the base URL points at the Messages API.",
                 model_name=self.name,
                 provider=_PROVIDER,
+                retryable=False,
             )
         mapper = _EventMapper(message._request_id)
         for _ in mapper.message(message):
@@ -280,6 +288,17 @@ class AnthropicModel(Model):
         with self._map_errors():
             stream = await self._create(messages, settings, params, stream=True)
             assert isinstance(stream, AsyncStream)  # what `stream=True` returns
+            if "event-stream" not in stream.response.headers.get("content-type", "event-stream"):
+                # A 200 that is not an event stream (a proxy's login page): not the API, and not worth retrying.
+                await stream.close()
+                raise ModelAPIError(
+                    f"{self._subject()} answered with a body that is not an event stream "
+                    f"({stream.response.headers.get('content-type')}). Check that the base URL points at the "
+                    "Messages API and that no proxy or login page is in the way.",
+                    model_name=self.name,
+                    provider=_PROVIDER,
+                    retryable=False,
+                )
             mapper = _EventMapper(stream.response.headers.get("request-id"))
             async with stream:
                 async for event in stream:
@@ -446,8 +465,8 @@ class AnthropicModel(Model):
                 retryable=True,
             ) from exc
 
-    def _timeout_error(self) -> ModelAPIError:
-        return ModelAPIError(
+    def _timeout_error(self) -> ModelTimeout:
+        return ModelTimeout(
             f"{self._subject()} did not answer in time. Raise `timeout_s` in `ModelSettings`, or retry later.",
             model_name=self.name,
             provider=_PROVIDER,

@@ -57,6 +57,7 @@ from ..errors import (
     MiniAgentError,
     ModelAPIError,
     ModelFileError,
+    ModelTimeout,
     OptionalDependencyError,
     UnexpectedModelBehavior,
     UserError,
@@ -504,6 +505,7 @@ class LocalModel(Model):
                     f"The conversation takes {len(prompt)} tokens, more than the local model's context window of "
                     f"{self.n_ctx}: raise MINIAGENT_LOCAL_N_CTX (`n_ctx=`) or shorten the message history.",
                     model_name=self.name,
+                    retryable=False,  # the same prompt cannot fit on a second try
                 )
             grammar = self._grammar(loaded, params) if params.all_tools else None
             max_tokens = min(s.max_tokens or self.max_tokens, room)
@@ -542,10 +544,11 @@ class LocalModel(Model):
                 usage.input_tokens += len(prompt)
                 usage.output_tokens += finished.tokens
                 if finished.reason == "timeout":
-                    raise ModelAPIError(
+                    raise ModelTimeout(
                         f"The local model did not finish within `timeout_s` ({s.timeout_s} s): raise `timeout_s` in "
                         "`ModelSettings`, lower `max_tokens`, or give it more threads.",
                         model_name=self.name,
+                        retryable=False,  # in-process generation is no faster on a second try
                     )
                 details = {"attempts": attempt + 1, "invalid_replies": problems} if problems else None
                 if grammar is None or streamed:

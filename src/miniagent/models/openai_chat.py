@@ -9,6 +9,7 @@ imports this module.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ from ..errors import (
     MissingCredentialError,
     ModelAPIError,
     ModelRateLimited,
+    ModelTimeout,
     OptionalDependencyError,
     UserError,
 )
@@ -48,6 +50,7 @@ from ._base import (
     ThinkingChunk,
     ToolCallChunk,
     ToolDefinition,
+    endpoint_upstream,
 )
 from ._clients import LoopClients
 from ._compat import PROFILES, CompatProfile, ToolChoiceMode, infer_profile, profile_named
@@ -239,6 +242,11 @@ class OpenAIChatModel(Model):
         return self._model_name
 
     @property
+    def upstream(self) -> str:
+        """The name and the server's URL (credentials removed): one circuit breaker per server and model."""
+        return endpoint_upstream(self.name, self._base_url)
+
+    @property
     def profile(self) -> CompatProfile:
         """The server profile in use."""
         return self._profile
@@ -426,7 +434,7 @@ class OpenAIChatModel(Model):
                 **extra,
             ) from exc
         except openai.APITimeoutError as exc:
-            raise ModelAPIError(
+            raise ModelTimeout(
                 f"{subject} did not answer in time. Raise `timeout_s` in `ModelSettings`, or check that the server "
                 "is not overloaded.",
                 request_id=stream.request_id if stream else None,
@@ -447,6 +455,13 @@ class OpenAIChatModel(Model):
             ) from exc
         except openai.APIError as exc:  # an error event inside a stream, or a response the SDK cannot parse
             raise self._in_stream_error(exc, subject, stream) from exc
+        except json.JSONDecodeError as exc:  # a 200 whose JSON body is cut or garbled: the SDK lets it through
+            raise ModelAPIError(
+                f"{subject} answered with a body that is not valid JSON ({exc}). Retry the request; if it keeps "
+                "failing, check the server's logs and any proxy in between.",
+                request_id=stream.request_id if stream else None,
+                **common,
+            ) from exc
 
     def _in_stream_error(self, exc: openai.APIError, subject: str, stream: _StreamState | None) -> ModelAPIError:
         body = exc.body

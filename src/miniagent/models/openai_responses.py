@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeAlias, cast
 from ..errors import (
     ModelAPIError,
     ModelRateLimited,
+    ModelTimeout,
     OptionalDependencyError,
     UserError,
 )
@@ -45,6 +46,7 @@ from ._base import (
     ThinkingChunk,
     ToolCallChunk,
     ToolDefinition,
+    endpoint_upstream,
     new_tool_call_id,
 )
 from ._http import error_class_for, parse_retry_after
@@ -231,6 +233,11 @@ class OpenAIResponsesModel(Model):
         return f"openai-responses:{self._model_name}"
 
     @property
+    def upstream(self) -> str:
+        """The name and the server's URL (credentials removed): one circuit breaker per server and model."""
+        return endpoint_upstream(self.name, self._clients._base_url)
+
+    @property
     def model_name(self) -> str:
         """The model asked for in each request."""
         return self._model_name
@@ -374,7 +381,7 @@ class OpenAIResponsesModel(Model):
                 request_id=request_id,
             ) from exc
         except openai.APITimeoutError as exc:
-            raise ModelAPIError(
+            raise ModelTimeout(
                 f"{subject} did not answer in time. Raise `timeout_s` in `ModelSettings`, or retry later.",
                 model_name=self.name,
                 provider=_PROVIDER,
@@ -396,6 +403,14 @@ class OpenAIResponsesModel(Model):
             ) from exc
         except openai.APIError as exc:  # an error object inside a stream, or a body the SDK cannot parse
             self._raise_code_error(subject, exc.code, exc.message, exc.body, mapper.failure_id)
+        except json.JSONDecodeError as exc:  # a 200 whose JSON body is cut or garbled: the SDK lets it through
+            raise ModelAPIError(
+                f"{subject} answered with a body that is not valid JSON ({exc}). Retry the request; if it keeps "
+                "failing, check the server's logs and any proxy in between.",
+                model_name=self.name,
+                provider=_PROVIDER,
+                request_id=mapper.failure_id,
+            ) from exc
 
     def _bad_body(self, got: object) -> ModelAPIError:
         where = self._clients._where()

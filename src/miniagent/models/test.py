@@ -136,6 +136,11 @@ class ScriptedModel(Model):
         return self._name
 
     @property
+    def upstream(self) -> str:
+        """This instance: a test model's failures never open the circuit breaker of another test's model."""
+        return f"{self._name}#{id(self):x}"
+
+    @property
     def supports_streaming(self) -> bool:
         """Scripted chunks stream one at a time."""
         return True
@@ -260,6 +265,11 @@ class FunctionModel(Model):
     def name(self) -> str:
         """The model's name."""
         return self._name
+
+    @property
+    def upstream(self) -> str:
+        """This instance: a test model's failures never open the circuit breaker of another test's model."""
+        return f"{self._name}#{id(self):x}"
 
     @property
     def supports_streaming(self) -> bool:

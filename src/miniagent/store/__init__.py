@@ -19,6 +19,9 @@ async def main() -> None:
 anyio.run(main)
 ```
 
+Runs that fail for good land in the dead-letter table (`list_dead_letters`, `replay_dead_letter`, `miniagent dlq`),
+every model response's tokens and cost in `usage_records` (`usage_report`, `miniagent usage`).
+
 SQLAlchemy, Alembic and the drivers are imported when this package is, never by `import miniagent`.
 """
 
@@ -30,7 +33,10 @@ from ..errors import StoreError, ThreadConflict, ThreadNotFound
 from ._base import (
     DEFAULT_TENANT,
     DEFAULT_USER,
+    USAGE_GROUPS,
     Branch,
+    DeadLetter,
+    ErrorLink,
     Now,
     PruneReport,
     RunRecord,
@@ -39,12 +45,17 @@ from ._base import (
     StoredEvent,
     StoredMessage,
     ThreadInfo,
+    UsageGroup,
+    UsageRow,
     utc_now,
 )
+from ._dead_letters import DeadLetterNotFound, error_chain
 from ._memories import Memory, MemoryStore
 from ._profiles import UserProfile
+from ._replay import replay_dead_letter
 from ._sql import SQLStore, default_database_url
 from ._summaries import SQLSummaryStore
+from ._tool_results import SQLToolResults
 from ._vectors import PgVectorIndex, SqliteVecIndex, VectorIndex
 
 if TYPE_CHECKING:
@@ -53,7 +64,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_USER",
+    "USAGE_GROUPS",
     "Branch",
+    "DeadLetter",
+    "DeadLetterNotFound",
+    "ErrorLink",
     "Memory",
     "MemoryStore",
     "Now",
@@ -63,6 +78,7 @@ __all__ = [
     "RunStatus",
     "SQLStore",
     "SQLSummaryStore",
+    "SQLToolResults",
     "SqliteVecIndex",
     "Store",
     "StoreError",
@@ -71,10 +87,14 @@ __all__ = [
     "ThreadConflict",
     "ThreadInfo",
     "ThreadNotFound",
+    "UsageGroup",
+    "UsageRow",
     "UserProfile",
     "VectorIndex",
     "default_database_url",
+    "error_chain",
     "open_store",
+    "replay_dead_letter",
     "utc_now",
 ]
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from .._instrument import store_operation
 
 if TYPE_CHECKING:
     from ..events import AgentEvent
@@ -15,7 +18,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_USER",
+    "USAGE_GROUPS",
     "Branch",
+    "DeadLetter",
+    "ErrorLink",
     "Now",
     "PruneReport",
     "RunRecord",
@@ -24,6 +30,9 @@ __all__ = [
     "StoredEvent",
     "StoredMessage",
     "ThreadInfo",
+    "UsageGroup",
+    "UsageRow",
+    "traced",
     "utc_now",
 ]
 
@@ -42,6 +51,26 @@ Now = Callable[[], dt.datetime]
 def utc_now() -> dt.datetime:
     """The current time, aware, in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def traced(
+    name: str,
+) -> Callable[[Callable[_P, Coroutine[Any, Any, _R]]], Callable[_P, Coroutine[Any, Any, _R]]]:
+    """Wrap a store method in `miniagent._instrument.store_operation(name)`: a span when tracing is configured."""
+
+    def wrap(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+        @functools.wraps(method)
+        async def operation(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with store_operation(name):
+                return await method(*args, **kwargs)
+
+        return operation
+
+    return wrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +151,14 @@ class RunRecord:
     """When it started."""
     finished_at: dt.datetime | None
     """When it ended."""
+    user_id: str | None = None
+    """The user it ran for."""
+    correlation_id: str | None = None
+    """The correlation id of the request that started it (also on its events and log lines)."""
+    agent_name: str | None = None
+    """The agent that ran."""
+    replay_of: str | None = None
+    """For a replay of a dead letter: the run it ran again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +181,133 @@ class PruneReport:
     """Runs without a thread deleted."""
     thread_ids: list[str] = field(default_factory=list)
     """The deleted threads."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorLink:
+    """One exception of a failed run's error chain (the error, then its causes and a fallback chain's failures)."""
+
+    type: str
+    """The exception's class name, e.g. `ModelAuthError`."""
+    message: str
+    """Its message."""
+    _: KW_ONLY
+    relation: Literal["error", "cause", "context", "failure"] = "error"
+    """How it relates to the link before: the run's `error`, its `__cause__`, its `__context__`, or one `failure` of
+    an `AllModelsFailed`."""
+    retryable: bool | None = None
+    """Whether the upstream said a retry could succeed (model API errors)."""
+    status_code: int | None = None
+    """The HTTP status, for HTTP errors."""
+    upstream: str | None = None
+    """The upstream (breaker name) or, for a fallback failure, the model that failed."""
+    provider: str | None = None
+    """The model provider, when known."""
+    model_name: str | None = None
+    """The model whose request failed, when known."""
+    request_id: str | None = None
+    """The provider's id of the failed request."""
+    stage: str | None = None
+    """For timeouts: what timed out (run, step, request, tool)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The link as a JSON object, without its empty fields."""
+        data: dict[str, Any] = {"type": self.type, "message": self.message, "relation": self.relation}
+        for key in ("retryable", "status_code", "upstream", "provider", "model_name", "request_id", "stage"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorLink:
+        """A link from `to_json`'s object (unknown keys are ignored)."""
+        known = {"retryable", "status_code", "upstream", "provider", "model_name", "request_id", "stage", "relation"}
+        return cls(
+            str(data.get("type", "Error")),
+            str(data.get("message", "")),
+            **{k: v for k, v in data.items() if k in known},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A run that failed for good, with what it takes to run it again. Listed by `miniagent dlq list`."""
+
+    id: str
+    """The dead letter's id."""
+    _: KW_ONLY
+    run_id: str
+    """The failed run."""
+    tenant_id: str
+    """Its tenant."""
+    user_id: str
+    """The user it ran for."""
+    thread_id: str | None
+    """Its thread, when it was stored in one."""
+    agent_name: str | None
+    """The agent that ran."""
+    prompt: str | None
+    """The user's prompt that started it (text), when there was one."""
+    messages: list[ModelMessage]
+    """The input of the failed run: the history it started from and its first request, last."""
+    error: str
+    """The run's error as `Type: message`."""
+    error_chain: list[ErrorLink]
+    """The error, its causes and a fallback chain's failures, in order."""
+    correlation_id: str | None
+    """The correlation id of the request (find its log lines and spans by it)."""
+    created_at: dt.datetime
+    """When the run failed."""
+    meta: dict[str, Any] = field(default_factory=dict[str, Any])
+    """Free-form data: `request_message_id` (the stored first request), `steps`, `attempts`..."""
+    replay_of: str | None = None
+    """For the dead letter of a failed replay: the dead letter that was replayed."""
+    replayed_at: dt.datetime | None = None
+    """When it was replayed (`None`: never)."""
+    replayed_run_id: str | None = None
+    """The run of the latest replay."""
+
+
+UsageGroup = Literal["day", "model", "user", "thread"]
+"""What a usage report can group by."""
+
+USAGE_GROUPS: tuple[UsageGroup, ...] = ("day", "model", "user", "thread")
+"""Every `UsageGroup`, in report column order."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One line of a usage report (or a total): what the grouped model responses consumed and cost."""
+
+    _: KW_ONLY
+    day: dt.date | None = None
+    """The day (UTC), when grouped by day."""
+    model: str | None = None
+    """The model, when grouped by model."""
+    user_id: str | None = None
+    """The user, when grouped by user."""
+    thread_id: str | None = None
+    """The thread, when grouped by thread."""
+    requests: int = 0
+    """Model responses counted."""
+    input_tokens: int = 0
+    """Prompt tokens."""
+    output_tokens: int = 0
+    """Generated tokens."""
+    cache_read_tokens: int = 0
+    """Prompt tokens read from the provider's cache."""
+    reasoning_tokens: int = 0
+    """Generated tokens spent on reasoning."""
+    priced_cost_usd: float = 0.0
+    """The cost of the responses whose price is known."""
+    unpriced_requests: int = 0
+    """Responses of models whose price is unknown."""
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The total cost in USD, or `None` when a response's price is unknown (never a silent zero)."""
+        return self.priced_cost_usd if self.unpriced_requests == 0 else None
 
 
 @runtime_checkable
@@ -181,6 +345,60 @@ class Store(Protocol):
         run_id: str | None = None,
     ) -> list[str]:
         """Append after `expected_leaf` and make the last one the leaf; `ThreadConflict` if the leaf moved."""
+        ...
+
+    async def add_dead_letter(
+        self,
+        *,
+        run_id: str,
+        messages: Sequence[ModelMessage],
+        error: BaseException | str,
+        user_id: str = ...,
+        tenant_id: str | None = None,
+        thread_id: str | None = None,
+        agent_name: str | None = None,
+        prompt: str | None = None,
+        correlation_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+        replay_of: str | None = None,
+    ) -> DeadLetter:
+        """Record a run that failed for good (its input, error chain and correlation id)."""
+        ...
+
+    async def list_dead_letters(
+        self, *, limit: int = 50, before: dt.datetime | None = None, tenant_id: str | None = None
+    ) -> list[DeadLetter]:
+        """The tenant's dead letters, newest first (`before` pages back)."""
+        ...
+
+    async def get_dead_letter(self, dead_letter_id: str, *, tenant_id: str | None = None) -> DeadLetter:
+        """One dead letter of the tenant, or `DeadLetterNotFound`."""
+        ...
+
+    async def mark_replayed(self, dead_letter_id: str, run_id: str, *, tenant_id: str | None = None) -> DeadLetter:
+        """Link a dead letter to the run that replayed it."""
+        ...
+
+    async def purge_dead_letters(
+        self,
+        *,
+        older_than_days: float | None = None,
+        ids: Sequence[str] | None = None,
+        tenant_id: str | None = None,
+    ) -> int:
+        """Delete dead letters (older than some days, or by id); returns how many."""
+        ...
+
+    async def usage_report(
+        self,
+        *,
+        group_by: Sequence[UsageGroup] | str = ("day", "model", "user"),
+        since: dt.date | dt.datetime | None = None,
+        until: dt.date | dt.datetime | None = None,
+        user_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[UsageRow]:
+        """Tokens and cost of the tenant's model responses, grouped."""
         ...
 
     async def close(self) -> None:

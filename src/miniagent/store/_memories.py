@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 
 from ..errors import StoreError
-from ._base import DEFAULT_USER
+from ._base import DEFAULT_USER, traced
 from ._models import MemoryRow
 from ._vectors import PgVectorIndex, SqliteVecIndex, VectorIndex
 
@@ -93,6 +93,7 @@ class MemoryStore:
             raise StoreError(f"No memory {memory_id!r} for user {user_id!r}: list them with `list()`.")
         return row
 
+    @traced("memories.add")
     async def add(
         self,
         texts: Sequence[str],
@@ -129,6 +130,7 @@ class MemoryStore:
             )
         return [self._memory(r) for r in rows]
 
+    @traced("memories.list")
     async def list(
         self, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None, limit: int = 200
     ) -> builtins.list[Memory]:
@@ -142,6 +144,7 @@ class MemoryStore:
             )
             return [self._memory(r) for r in rows]
 
+    @traced("memories.edit")
     async def edit(
         self, memory_id: str, text: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None
     ) -> Memory:
@@ -158,6 +161,7 @@ class MemoryStore:
             await self.index.add(session, self._user_key(tenant, user_id), [(row.id, vector)])
             return self._memory(row)
 
+    @traced("memories.delete")
     async def delete(self, memory_id: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None) -> None:
         """Forget a memory."""
         tenant = tenant_id or self.store.tenant_id
@@ -168,6 +172,7 @@ class MemoryStore:
                 delete(MemoryRow).where(MemoryRow.id == row.id).execution_options(synchronize_session=False)
             )
 
+    @traced("memories.recall")
     async def recall(
         self,
         query: str,
@@ -181,6 +186,7 @@ class MemoryStore:
         (vector,) = await self.embedder.embed([query])
         return await self.recall_vector(vector, user_id=user_id, tenant_id=tenant_id, k=k, min_score=min_score)
 
+    @traced("memories.recall_vector")
     async def recall_vector(
         self,
         vector: builtins.list[float],

@@ -1,6 +1,7 @@
 """SQLAlchemy 2 models of the store's tables.
 
-Every row carries its `tenant_id`; the first migration creates them all.
+Every row carries its `tenant_id`; the first migration creates most of them, `0003` the dead letters, usage records
+and last good tool results (and the runs' correlation id, agent name and replay link).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "DeadLetterRow",
     "MemoryRow",
     "MessageRow",
     "RunEventRow",
@@ -31,6 +33,8 @@ __all__ = [
     "TenantRow",
     "ThreadRow",
     "ThreadSummaryRow",
+    "ToolResultRow",
+    "UsageRecordRow",
     "UserProfileRow",
     "UserRow",
 ]
@@ -100,7 +104,11 @@ class RunRow(Base):
     """A run: its state, steps, usage and error."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_status", "status"), Index("ix_runs_thread", "thread_id"))
+    __table_args__ = (
+        Index("ix_runs_status", "status"),
+        Index("ix_runs_thread", "thread_id"),
+        Index("ix_runs_correlation", "correlation_id"),
+    )
     id: Mapped[str] = mapped_column(_ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(_ID)
     thread_id: Mapped[str | None] = mapped_column(_ID, ForeignKey("threads.id", ondelete="CASCADE"))
@@ -114,6 +122,9 @@ class RunRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(_TS)
     updated_at: Mapped[dt.datetime] = mapped_column(_TS)
     finished_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+    correlation_id: Mapped[str | None] = mapped_column(String(200))
+    agent_name: Mapped[str | None] = mapped_column(String(200))
+    replay_of: Mapped[str | None] = mapped_column(_ID)
 
 
 class RunEventRow(Base):
@@ -171,3 +182,71 @@ class ThreadSummaryRow(Base):
     summary: Mapped[str] = mapped_column(Text)
     tokens: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class DeadLetterRow(Base):
+    """A run that failed for good: its input (to replay it), error chain and correlation id.
+
+    No foreign keys: a dead letter outlives its run and thread (retention prunes those; `purge_dead_letters` these).
+    """
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_tenant_created", "tenant_id", "created_at"),)
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    run_id: Mapped[str] = mapped_column(_ID)
+    thread_id: Mapped[str | None] = mapped_column(_ID)
+    user_id: Mapped[str] = mapped_column(_ID)
+    agent_name: Mapped[str | None] = mapped_column(String(200))
+    input: Mapped[str] = mapped_column(Text)
+    error_chain: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    error: Mapped[str] = mapped_column(Text)
+    correlation_id: Mapped[str | None] = mapped_column(String(200))
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    replay_of: Mapped[str | None] = mapped_column(_ID)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+    replayed_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+    replayed_run_id: Mapped[str | None] = mapped_column(_ID)
+
+
+class UsageRecordRow(Base):
+    """What one model response consumed and cost (`cost_usd` is `NULL` when the model's price is unknown).
+
+    No foreign keys: the records outlive pruned threads and runs, so past costs stay reported.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_records_tenant_created", "tenant_id", "created_at"),
+        Index("ix_usage_records_user", "tenant_id", "user_id", "created_at"),
+        Index("ix_usage_records_model", "tenant_id", "model_name", "created_at"),
+        Index("ix_usage_records_thread", "thread_id"),
+        Index("ix_usage_records_run", "run_id"),
+    )
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    user_id: Mapped[str] = mapped_column(_ID)
+    thread_id: Mapped[str | None] = mapped_column(_ID)
+    run_id: Mapped[str | None] = mapped_column(_ID)
+    model_name: Mapped[str] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    cache_read_tokens: Mapped[int] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class ToolResultRow(Base):
+    """The last good result of a tool for one set of arguments (`args_key`, a hash), per tenant and user.
+
+    `user_id` is `''` for results shared by every user of the tenant.
+    """
+
+    __tablename__ = "tool_results"
+    tenant_id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    user_id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tool_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    args_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    stored_at: Mapped[dt.datetime] = mapped_column(_TS)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .._utils import UNSET, Unset
 from ..errors import UserError
-from ._base import DEFAULT_USER, Now
+from ._base import DEFAULT_USER, Now, traced
 from ._models import UserProfileRow
 
 if TYPE_CHECKING:
@@ -113,12 +113,14 @@ class ProfilesMixin:
             updated_at=updated,
         )
 
+    @traced("get_profile")
     async def get_profile(self, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None) -> UserProfile | None:
         """The user's profile, or `None` if they have none."""
         async with self._session() as session:
             row = await session.get(UserProfileRow, (tenant_id or self.tenant_id, user_id))
             return self._profile(row) if row is not None else None
 
+    @traced("set_profile")
     async def set_profile(
         self,
         *,
@@ -141,6 +143,7 @@ class ProfilesMixin:
             row.updated_at = self.now()
             return self._profile(row)
 
+    @traced("update_profile")
     async def update_profile(
         self,
         *,
@@ -173,6 +176,7 @@ class ProfilesMixin:
             row.updated_at = self.now()
             return self._profile(row)
 
+    @traced("delete_profile")
     async def delete_profile(self, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None) -> bool:
         """Delete the user's profile; returns whether there was one."""
         async with self._session() as session:

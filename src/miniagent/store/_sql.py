@@ -31,15 +31,20 @@ from ._base import (
     StoredEvent,
     StoredMessage,
     ThreadInfo,
+    traced,
     utc_now,
 )
+from ._dead_letters import DeadLettersMixin, dead_letter_row
 from ._models import MessageRow, RunEventRow, RunRow, TenantRow, ThreadRow, UserRow
 from ._profiles import ProfilesMixin
+from ._usage import ModelUsage, UsageMixin
 
 if TYPE_CHECKING:
     from ..events import AgentEvent
     from ..settings import Settings
+    from ._base import DeadLetter
     from ._connect import Sleep
+    from ._tool_results import SQLToolResults
 
 __all__ = ["SQLStore", "default_database_url"]
 
@@ -82,7 +87,7 @@ def _preview(message: ModelMessage) -> str:
     return ""
 
 
-class SQLStore(ProfilesMixin):
+class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin):
     """The store on a SQL database: SQLite (embedded default) or PostgreSQL. One instance belongs to one event loop.
 
     Every method runs in one transaction: when it raises, nothing of it was written. Writes on SQLite take the write
@@ -230,6 +235,7 @@ class SQLStore(ProfilesMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @traced("migrate")
     async def migrate(self, revision: str = "head") -> str | None:
         """Apply the Alembic migrations up to `revision`; returns the revision the database is at."""
         if revision == "head" and self.url in _MIGRATED:
@@ -346,6 +352,7 @@ class SQLStore(ProfilesMixin):
 
     # ---- threads -----------------------------------------------------------------------------------------
 
+    @traced("create_thread")
     async def create_thread(
         self,
         *,
@@ -372,6 +379,7 @@ class SQLStore(ProfilesMixin):
             session.add(row)
         return self._info(row)
 
+    @traced("get_thread")
     async def get_thread(
         self, thread_id: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None
     ) -> ThreadInfo:
@@ -379,6 +387,7 @@ class SQLStore(ProfilesMixin):
         async with self._session() as session:
             return self._info(await self._thread(session, thread_id, user_id, tenant_id or self.tenant_id))
 
+    @traced("list_threads")
     async def list_threads(
         self, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None, limit: int = 50
     ) -> list[ThreadInfo]:
@@ -392,6 +401,7 @@ class SQLStore(ProfilesMixin):
             )
             return [self._info(r) for r in rows]
 
+    @traced("delete_thread")
     async def delete_thread(self, thread_id: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None) -> None:
         """Delete a thread with its messages, runs and events."""
         async with self._session() as session:
@@ -437,6 +447,7 @@ class SQLStore(ProfilesMixin):
             for r, m in zip(rows, messages, strict=True)
         ]
 
+    @traced("history")
     async def history(
         self,
         thread_id: str,
@@ -453,12 +464,14 @@ class SQLStore(ProfilesMixin):
                 raise ThreadNotFound(f"No message {leaf_id!r} in thread {thread_id!r}: list them with `branches()`.")
             return self._stored(rows)
 
+    @traced("messages")
     async def messages(
         self, thread_id: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None
     ) -> list[ModelMessage]:
         """The current branch's messages, ready to pass to a model."""
         return [m.message for m in await self.history(thread_id, user_id=user_id, tenant_id=tenant_id)]
 
+    @traced("append")
     async def append(
         self,
         thread_id: str,
@@ -473,12 +486,15 @@ class SQLStore(ProfilesMixin):
         events: Sequence[AgentEvent] = (),
         run_status: RunStatus | None = None,
         run_error: str | None = None,
+        model_usage: Sequence[ModelUsage] = (),
+        dead_letter: DeadLetter | None = None,
     ) -> list[str]:
         """Append `messages` after `expected_leaf` and make the last one the thread's leaf, in one transaction.
 
         Optimistic concurrency: if the thread's leaf is no longer `expected_leaf` (another writer appended, or
         the user switched branch), nothing is written and [`ThreadConflict`][miniagent.errors.ThreadConflict] is
-        raised. With `run_id`, the run's steps, usage and `events` are saved in the same transaction.
+        raised. With `run_id`, the run's steps, usage and `events` are saved in the same transaction, with one usage
+        record per `model_usage` entry (a model's name and one response's usage) and the run's `dead_letter`.
         """
         tenant = tenant_id or self.tenant_id
         now = self.now()
@@ -542,6 +558,11 @@ class SQLStore(ProfilesMixin):
                     status=run_status,
                     error=run_error,
                 )
+            self._record_usage(
+                session, model_usage, tenant_id=tenant, user_id=user_id, thread_id=thread.id, run_id=run_id, now=now
+            )
+            if dead_letter is not None:
+                session.add(dead_letter_row(dead_letter))
         return ids
 
     async def _save_run(
@@ -594,6 +615,7 @@ class SQLStore(ProfilesMixin):
             raise ThreadNotFound(f"No message {message_id!r} in thread {thread.id!r}: list them with `history()`.")
         return row
 
+    @traced("edit_message")
     async def edit_message(
         self,
         thread_id: str,
@@ -631,6 +653,7 @@ class SQLStore(ProfilesMixin):
             thread.updated_at = now
         return new_id
 
+    @traced("regenerate")
     async def regenerate(
         self, thread_id: str, message_id: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None
     ) -> str:
@@ -646,6 +669,7 @@ class SQLStore(ProfilesMixin):
             thread.updated_at = self.now()
             return row.parent_id
 
+    @traced("branches")
     async def branches(
         self, thread_id: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None
     ) -> list[Branch]:
@@ -683,6 +707,7 @@ class SQLStore(ProfilesMixin):
                 )
             return branches
 
+    @traced("switch")
     async def switch(
         self, thread_id: str, leaf_id: str, *, user_id: str = DEFAULT_USER, tenant_id: str | None = None
     ) -> None:
@@ -695,6 +720,7 @@ class SQLStore(ProfilesMixin):
 
     # ---- runs and events ---------------------------------------------------------------------------------
 
+    @traced("start_run")
     async def start_run(
         self,
         run_id: str,
@@ -702,8 +728,21 @@ class SQLStore(ProfilesMixin):
         thread_id: str | None,
         user_id: str = DEFAULT_USER,
         tenant_id: str | None = None,
+        correlation_id: str | None = None,
+        agent_name: str | None = None,
+        replay_of: str | None = None,
     ) -> None:
-        """Record a run as `running` (owned by this process, so `recover_interrupted` can tell a dead one)."""
+        """Record a run as `running` (owned by this process, so `recover_interrupted` can tell a dead one).
+
+        Args:
+            run_id: The run's id.
+            thread_id: Its thread (`None` for a run kept without one).
+            user_id: The user it runs for.
+            tenant_id: Their tenant (default: the store's).
+            correlation_id: The request's correlation id.
+            agent_name: The agent that runs.
+            replay_of: The run it replays (a dead letter's run), if any.
+        """
         tenant = tenant_id or self.tenant_id
         now = self.now()
         async with self._session() as session:
@@ -726,9 +765,13 @@ class SQLStore(ProfilesMixin):
                     created_at=now,
                     updated_at=now,
                     finished_at=None,
+                    correlation_id=correlation_id,
+                    agent_name=agent_name[:200] if agent_name else None,
+                    replay_of=replay_of,
                 )
             )
 
+    @traced("finish_run")
     async def finish_run(
         self,
         run_id: str,
@@ -738,13 +781,33 @@ class SQLStore(ProfilesMixin):
         usage: Usage,
         error: str | None = None,
         events: Sequence[AgentEvent] = (),
+        model_usage: Sequence[ModelUsage] = (),
+        dead_letter: DeadLetter | None = None,
     ) -> None:
-        """Record a run's end: its final state, steps, usage, error and last events."""
+        """Record a run's end: its final state, steps, usage, error and last events (with the usage records of its
+        last responses and its dead letter, as `append` does).
+        """  # noqa: D205
+        now = self.now()
         async with self._session() as session:
             await self._save_run(
-                session, run_id, steps=steps, usage=usage, events=events, now=self.now(), status=status, error=error
+                session, run_id, steps=steps, usage=usage, events=events, now=now, status=status, error=error
             )
+            if model_usage:
+                row = await session.get(RunRow, run_id)
+                if row is not None:
+                    self._record_usage(
+                        session,
+                        model_usage,
+                        tenant_id=row.tenant_id,
+                        user_id=row.user_id,
+                        thread_id=row.thread_id,
+                        run_id=run_id,
+                        now=now,
+                    )
+            if dead_letter is not None:
+                session.add(dead_letter_row(dead_letter))
 
+    @traced("get_run")
     async def get_run(self, run_id: str, *, tenant_id: str | None = None) -> RunRecord:
         """A run's record, or `ThreadNotFound`."""
         async with self._session() as session:
@@ -760,8 +823,13 @@ class SQLStore(ProfilesMixin):
                 error=row.error,
                 created_at=_aware(row.created_at),
                 finished_at=_aware(row.finished_at) if row.finished_at else None,
+                user_id=row.user_id,
+                correlation_id=row.correlation_id,
+                agent_name=row.agent_name,
+                replay_of=row.replay_of,
             )
 
+    @traced("events")
     async def events(self, run_id: str, *, after_seq: int = 0, tenant_id: str | None = None) -> list[StoredEvent]:
         """The run's persisted events after `after_seq` (resume a stream from the last event seen)."""
         async with self._session() as session:
@@ -776,6 +844,7 @@ class SQLStore(ProfilesMixin):
             )
             return [StoredEvent(seq, event_from_json(data)) for seq, data in rows]
 
+    @traced("recover_interrupted")
     async def recover_interrupted(self, *, all_owners: bool = False) -> list[str]:
         """Mark the runs left `running` by a dead process as `interrupted`; returns their ids. Call at startup.
 
@@ -801,8 +870,15 @@ class SQLStore(ProfilesMixin):
                 )
             return dead
 
+    def tool_results(self) -> SQLToolResults:
+        """The last good result of each tool call (a `LastGoodCache` for tools that fall back to it)."""
+        from ._tool_results import SQLToolResults
+
+        return SQLToolResults(self)
+
     # ---- retention ---------------------------------------------------------------------------------------
 
+    @traced("set_retention")
     async def set_retention(
         self,
         *,
@@ -823,6 +899,7 @@ class SQLStore(ProfilesMixin):
                 assert row is not None
                 row.retention_days = days
 
+    @traced("prune")
     async def prune(self, *, now: dt.datetime | None = None) -> PruneReport:
         """Delete threads idle for longer than their TTL (the thread's, else its tenant's, else the default)."""
         now = now or self.now()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StoreError
 from ..memory._summary import StoredSummary
-from ._base import DEFAULT_USER
+from ._base import DEFAULT_USER, traced
 from ._models import ThreadSummaryRow
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class SQLSummaryStore:
         self.user_id = user_id
         self.tenant_id = tenant_id or store.tenant_id
 
+    @traced("summaries.get")
     async def get(self, key: str) -> StoredSummary | None:
         """The latest summary of thread `key`, or `None`."""
         store = self.store
@@ -57,6 +58,7 @@ class SQLSummaryStore:
             except (ValueError, KeyError, TypeError):
                 return None  # an unreadable summary is written again, never used
 
+    @traced("summaries.put")
     async def put(self, key: str, summary: StoredSummary) -> None:
         """Keep `summary` as the latest of thread `key`."""
         store = self.store

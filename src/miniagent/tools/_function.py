@@ -7,7 +7,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, get_origin, get_type_hints
 
 from ..context import DepsT, RunContext
 from ..errors import ToolDefinitionError
@@ -15,6 +15,8 @@ from ..models import ToolDefinition
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
+    from ..resilience import RetryPolicy
 
 __all__ = ["Tool", "ToolFunc"]
 
@@ -37,7 +39,8 @@ class Tool(Generic[DepsT]):
 
     Built by `@agent.tool` or `Tool(func)`. The JSON schema comes from the type hints and the docstring
     (Google, NumPy or Sphinx style; each parameter's description lands in its schema), and the model's
-    arguments are validated by pydantic before the function runs.
+    arguments are validated by pydantic before the function runs. A call that raises becomes an error the model
+    reads; `retry`, `breaker` and `fallback` make a flaky tool degrade gracefully (see `docs/resilience.md`).
 
     Example:
         ```python
@@ -70,6 +73,16 @@ class Tool(Generic[DepsT]):
     """Validation retries allowed for this tool; `None` takes the agent's `retries`."""
     timeout_s: float | None
     """Timeout of one call in seconds; `None` takes the agent's default (never unbounded)."""
+    retry: RetryPolicy | None
+    """How a failed call is tried again (only for an idempotent tool); `None` never retries."""
+    breaker: bool
+    """Whether the tool has a circuit breaker (upstream `tool:<name>`): after repeated failures it is not called for
+    a while, and the model is told when it may work again."""
+    fallback: str | Literal["last-good"] | None
+    """What answers when the tool fails for good: another tool's name (called with the same arguments), or
+    `'last-good'`: the tool's last successful result for the same arguments, with its age."""
+    idempotent: bool
+    """Whether calling it twice with the same arguments is harmless; a tool that is not is never retried."""
     definition: ToolDefinition
     """What the model is told."""
     _schema: _Schema = field(repr=False)
@@ -82,6 +95,10 @@ class Tool(Generic[DepsT]):
         description: str | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: bool = False,
+        fallback: str | Literal["last-good"] | None = None,
+        idempotent: bool = True,
     ) -> None:
         if not callable(function):
             raise ToolDefinitionError(f"A tool must be a function, got {type(function).__name__}: {function!r}.")
@@ -99,6 +116,9 @@ class Tool(Generic[DepsT]):
             )
         self.retries = retries
         self.timeout_s = timeout
+        self.retry, self.breaker, self.fallback, self.idempotent = _check_policies(
+            self.name, retry, breaker, fallback, idempotent
+        )
         self.is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
             getattr(function, "__call__", None)  # noqa: B004 (an async __call__ makes an object an async callable)
         )
@@ -143,6 +163,35 @@ class Tool(Generic[DepsT]):
         from pydantic_core import to_jsonable_python
 
         return to_jsonable_python(value, fallback=str)
+
+
+def _check_policies(
+    name: str, retry: object, breaker: object, fallback: object, idempotent: object
+) -> tuple[RetryPolicy | None, bool, str | None, bool]:
+    from ..resilience import RetryPolicy
+
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ToolDefinitionError(f"Tool {name!r}: `retry` must be a RetryPolicy or None, got {type(retry).__name__}.")
+    if not isinstance(breaker, bool) or not isinstance(idempotent, bool):
+        raise ToolDefinitionError(f"Tool {name!r}: `breaker` and `idempotent` must be True or False.")
+    if retry is not None and retry.max_attempts > 1 and not idempotent:
+        raise ToolDefinitionError(
+            f"Tool {name!r} is not idempotent, so it is never retried automatically (a second call could repeat its "
+            "effect): drop `retry=`, or declare `idempotent=True` if calling it twice is harmless."
+        )
+    if fallback is not None:
+        if not isinstance(fallback, str) or not (fallback == "last-good" or _NAME_RE.match(fallback)):
+            raise ToolDefinitionError(
+                f"Tool {name!r}: `fallback` must be another tool's name or 'last-good', got {fallback!r}."
+            )
+        if fallback == name:
+            raise ToolDefinitionError(f"Tool {name!r} cannot fall back to itself; name another tool or 'last-good'.")
+        if fallback == "last-good" and not idempotent:
+            raise ToolDefinitionError(
+                f"Tool {name!r} is not idempotent, so an earlier result cannot stand in for a new call: drop "
+                "`fallback='last-good'`, or declare `idempotent=True`."
+            )
+    return retry, breaker, fallback, idempotent
 
 
 def _parse_docstring(function: ToolFunc) -> tuple[str, dict[str, str]]:
