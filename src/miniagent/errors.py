@@ -11,7 +11,8 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 │   └── ModelFileError              the local model file is missing or not a valid GGUF
 ├── StoreError                      the store (SQLite / PostgreSQL) failed: unreachable, corrupt, read-only, no schema
 │   ├── ThreadNotFound              no such thread for this user and tenant (never another user's data)
-│   └── ThreadConflict              another writer moved the thread's leaf first: reload and retry
+│   ├── ThreadConflict              another writer moved the thread's leaf first: reload and retry
+│   └── DeadLetterNotFound          no such dead letter in this tenant (never another tenant's)
 ├── RunError                        a run failed; carries the messages and usage so nothing is lost
 │   ├── UsageLimitExceeded          a step, request, token or tool-call limit was reached
 │   ├── UnexpectedModelBehavior     the model kept returning output we cannot use
@@ -21,6 +22,8 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 │       ├── ModelTimeout            one request (or a silent stream) passed its deadline
 │       ├── CircuitOpen             the upstream's breaker is open: not called until it cools down
 │       ├── AllModelsFailed         every model of a fallback chain failed (`failures` names each)
+│       ├── InvalidModelResponse    (`miniagent.resilience`) a fallback member's answer was unusable; only
+│       │                           seen in `AllModelsFailed.failures` and `FallbackUsed` events
 │       └── ModelHTTPError          the API answered with an error status
 │           ├── ModelRateLimited        429: too many requests (carries `retry_after_s`)
 │           ├── ModelOverloaded         503/529: the provider is overloaded or unavailable
@@ -45,6 +48,7 @@ __all__ = [
     "CircuitOpen",
     "ContentFiltered",
     "ContextLengthExceeded",
+    "DeadLetterNotFound",
     "MiniAgentError",
     "MissingCredentialError",
     "ModelAPIError",
@@ -143,6 +147,10 @@ class ThreadNotFound(StoreError):
 
 class ThreadConflict(StoreError):
     """Another writer appended to the thread first (its leaf moved): reload the thread and retry."""
+
+
+class DeadLetterNotFound(StoreError):
+    """No dead letter with that id exists for this tenant (never another tenant's)."""
 
 
 class RunError(MiniAgentError):

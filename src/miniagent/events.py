@@ -205,7 +205,8 @@ class ToolCallFinished:
     tool_call_id: str
     """The call's id."""
     outcome: ToolOutcome
-    """`success`, `error` or `timeout`."""
+    """`success` (it returned), `error` (it raised), `timeout` (it ran past its timeout) or `fallback` (it failed and
+    its fallback answered: another tool, or its last good result with its age; a usable, degraded answer)."""
     duration_s: float
     """How long the call ran, in seconds of the run's clock."""
     result: Any

@@ -285,6 +285,26 @@ async def test_refused_url_has_nothing_listening() -> None:
         await model.aclose()
 
 
+@pytest.mark.parametrize("dialect", [OPENAI, ANTHROPIC], ids=lambda d: d.name)
+async def test_transport_faults_are_worded_for_what_happened(dialect: Dialect) -> None:
+    """A body cut mid-way is not a refused connection; a garbled whole body is not a streamed event."""
+    with anyio.fail_after(HANG_GUARD_S):
+        async with FaultServer(dialect, [Cut(0), Drop(), Malformed()]) as server:
+            model = model_for(server)
+            messages: list[str] = []
+            for _ in range(3):
+                with pytest.raises(ModelAPIError) as info:
+                    await model.request(HELLO, None, NO_TOOLS)
+                assert type(info.value) is ModelAPIError and info.value.retryable
+                messages.append(str(info.value))
+            await model.aclose()
+    cut, dropped, garbled = messages
+    assert "was cut before it was complete" in cut and "Could not connect" not in cut
+    assert "Server disconnected without sending a response. Check" in dropped  # one full stop, not two
+    assert "body that is not valid JSON" in garbled and "streamed" not in garbled
+    assert not any(".." in message for message in messages)
+
+
 async def test_stop_ends_connections_left_waiting() -> None:
     """A server stopped while a fault still waits ends that connection (the client sees it), and does not hang."""
     never = anyio.Event()

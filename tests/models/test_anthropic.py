@@ -631,6 +631,24 @@ def test_messages_merge_roles_and_put_tool_results_first() -> None:
     assert wire[4]["content"] == [{"type": "text", "text": RetryPromptPart("Answer in JSON.").model_text()}]
 
 
+def test_a_fallback_tool_result_is_not_an_error() -> None:
+    messages: list[ModelMessage] = [
+        ModelRequest([UserPromptPart("look")]),
+        ModelResponse([ToolCallPart("a", {}, "t1"), ToolCallPart("a", {}, "t2")]),
+        ModelRequest(
+            [
+                ToolReturnPart("a", "last good result, 3 min old: 42", "t1", outcome="fallback"),
+                ToolReturnPart("a", "ran past 2 s", "t2", outcome="timeout"),
+            ]
+        ),
+    ]
+    _, wire = _map_messages(messages)
+    assert wire[2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "last good result, 3 min old: 42", "is_error": False},
+        {"type": "tool_result", "tool_use_id": "t2", "content": "ran past 2 s", "is_error": True},
+    ]
+
+
 def test_redacted_thinking_goes_back_redacted() -> None:
     mapper = _EventMapper(None)
     from anthropic.types import Message

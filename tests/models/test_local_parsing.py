@@ -223,6 +223,22 @@ def test_turns_without_tools() -> None:
     ]
 
 
+def test_a_fallback_answer_is_a_result_not_a_failure() -> None:
+    history: list[ModelMessage] = [
+        ModelRequest([UserPromptPart("Weather?")]),
+        ModelResponse([ToolCallPart("get_weather", {"city": "Paris"}, "c1"), ToolCallPart("get_weather", {}, "c2")]),
+        ModelRequest(
+            [
+                ToolReturnPart("get_weather", "Sunny (cached 5 min ago)", "c1", outcome="fallback"),
+                ToolReturnPart("get_weather", "timed out", "c2", outcome="timeout"),
+            ]
+        ),
+    ]
+    turns = build_turns(history)
+    assert ("user", "Result of tool get_weather (call id c1): Sunny (cached 5 min ago)") in turns
+    assert ("user", "Failure of tool get_weather (call id c2): timed out") in turns
+
+
 def test_turns_with_tools_describe_them_and_show_answers_in_the_reply_format() -> None:
     turns = build_turns(HISTORY, TOOLS)
     system = turns[0][1]

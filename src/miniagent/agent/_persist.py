@@ -4,12 +4,18 @@ The user message is committed before the model is called, each step (response an
 one usage record per model response in one transaction, then the run's end state. A run that fails for good (see
 [`is_permanent_failure`][miniagent.errors.is_permanent_failure]) writes its dead letter in the transaction of its
 failed state. A crash leaves the run `running` until `recover_interrupted` marks it.
+
+Events and errors are stored redacted: an exception's text (a `RetryScheduled` or `RunFailed` message, a tool's error
+result) can quote a key or a bearer token, so each event, the run's error and the dead letter's error chain pass
+through the observability redactor at this boundary, as they do in logs and spans. The stream a caller reads is not
+changed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     from ..store import DeadLetter, RunStatus, SQLStore
     from ._run import AgentRun, EventSink
 
-__all__ = ["ReplayLink", "RunRecorder", "open_recorder", "replaying", "with_system_part"]
+__all__ = ["ReplayLink", "RunRecorder", "open_recorder", "redact_events", "replaying", "with_system_part"]
 
 _log = logging.getLogger("miniagent.store")
 
@@ -51,6 +57,55 @@ def replaying(link: ReplayLink) -> Iterator[ReplayLink]:
         yield link
     finally:
         _REPLAY.reset(token)
+
+
+def _hide(value: Any, redact: Callable[[str], str]) -> Any:
+    """`value` (JSON data) with secrets hidden in every string; types are kept, so the event still validates."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_hide(item, redact) for item in value]
+    if isinstance(value, dict):
+        from ..observability._redact import REDACTED, is_secret_key
+
+        return {
+            key: REDACTED if is_secret_key(key) and isinstance(item, str) and item else _hide(item, redact)
+            for key, item in value.items()
+        }
+    return value
+
+
+def redact_events(events: list[AgentEvent]) -> list[AgentEvent]:
+    """The events as they are stored: secrets (API keys, bearer tokens, passwords, configured secret values) in any
+    of their texts replaced by `[REDACTED]`. An event without one is the same object; one that cannot be rebuilt
+    redacted is left out (and logged), never stored as it was.
+    """  # noqa: D205
+    if not events:
+        return events
+    from ..events import event_from_json, event_to_json
+    from ..observability._redact import default_redactor
+
+    redact = default_redactor().redact
+    kept: list[AgentEvent] = []
+    for event in events:
+        data = json.loads(event_to_json(event))
+        hidden = _hide(data, redact)
+        if hidden == data:
+            kept.append(event)
+            continue
+        try:
+            kept.append(event_from_json(json.dumps(hidden)))
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            _log.warning("A %s event held a secret and could not be stored redacted; it was left out", event.kind)
+    return kept
+
+
+def _redact_text(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from ..observability._redact import default_redactor
+
+    return default_redactor().redact(text)
 
 
 class RunRecorder:
@@ -143,9 +198,9 @@ class RunRecorder:
                 run_id=run.run_id,
                 run_steps=run.step,
                 run_usage=usage,
-                events=events,
+                events=redact_events(events),
                 run_status=status,
-                run_error=error,
+                run_error=_redact_text(error),
                 model_usage=self._model_usage(run),
                 dead_letter=dead_letter,
             )
@@ -249,8 +304,8 @@ class RunRecorder:
                     status=status,
                     steps=run.step,
                     usage=usage,
-                    error=error,
-                    events=events,
+                    error=_redact_text(error),
+                    events=redact_events(events),
                     model_usage=self._model_usage(run),
                     dead_letter=letter if with_letter else None,
                 )

@@ -1,4 +1,7 @@
-"""HTTP facts shared by providers: how long a server asks us to wait, and which error class a status means."""
+"""HTTP facts shared by providers: waits, error classes, and how a broken connection is described.
+
+How long a server asks us to wait, which error class a status means, and what a transport error says.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ..errors import (
     ModelRateLimited,
 )
 
-__all__ = ["error_class_for", "parse_duration", "parse_retry_after"]
+__all__ = ["body_was_cut", "error_class_for", "parse_duration", "parse_retry_after", "transport_detail"]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _CONTEXT_WORDS = ("context length", "context_length", "maximum context", "too many tokens", "prompt is too long")
@@ -101,3 +104,25 @@ def error_class_for(status: int, message: str = "", *, code: str | None = None) 
     if status in (400, 404, 422):
         return ModelBadRequest
     return ModelHTTPError
+
+
+def transport_detail(exc: BaseException) -> str:
+    """What a transport error says, as a clause to embed in a sentence: its cause's text, without a final full stop.
+
+    httpx's own messages end with one ("Server disconnected without sending a response."), ours add another.
+    """
+    return str(exc.__cause__ or exc).strip().rstrip(".") or type(exc).__name__
+
+
+def body_was_cut(exc: BaseException) -> bool:
+    """Whether a connection error broke a response body mid-way (the server answered, then closed the connection
+    before the body was complete), rather than failing to connect or closing before answering at all.
+    """  # noqa: D205
+    cause: BaseException | None = exc
+    for _ in range(8):  # a chain is short; the bound also guards against a cyclic one
+        if cause is None:
+            return False
+        if "without sending complete message body" in str(cause):  # h11's words, through httpcore and httpx
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -8,7 +8,8 @@ How miniagent's messages map to the API:
 - every system prompt part goes to the top-level `system` (joined by blank lines);
 - consecutive messages of one role are merged (the API wants user and assistant turns to alternate), and the
   `tool_result` blocks of a user turn come before its text;
-- a tool error or timeout, and a retry prompt that answers a call, is a `tool_result` with `is_error: true`;
+- a tool error or timeout, and a retry prompt that answers a call, is a `tool_result` with `is_error: true`; a
+  fallback's answer (another tool, or the last good result with its age) is a usable one: `is_error: false`;
 - thinking goes back only if Anthropic produced it (`provider == 'anthropic'`) with its signature;
 - `usage.input_tokens` is the whole prompt: uncached input plus cache reads plus cache writes; the split is in
   `provider_details` (`cache_read_input_tokens`, `cache_creation_input_tokens`).
@@ -74,7 +75,7 @@ from ._base import (
     endpoint_upstream,
 )
 from ._clients import LoopClients
-from ._http import error_class_for, parse_retry_after
+from ._http import body_was_cut, error_class_for, parse_retry_after, transport_detail
 
 try:
     import anthropic
@@ -266,7 +267,7 @@ class AnthropicModel(Model):
         self, messages: list[ModelMessage], settings: ModelSettings | None, params: ModelRequestParameters
     ) -> ModelResponse:
         """Ask for one complete response."""
-        with self._map_errors():
+        with self._map_errors(streamed=False):
             message = await self._create(messages, settings, params, stream=False)
         if not isinstance(message, Message):  # a 200 that is not the API's (a proxy's login page): not retried
             raise ModelAPIError(
@@ -285,7 +286,7 @@ class AnthropicModel(Model):
         self, messages: list[ModelMessage], settings: ModelSettings | None, params: ModelRequestParameters
     ) -> AsyncIterator[StreamChunk]:
         """Ask for one response, streamed as chunks ending with a `StreamDone` (thinking signatures included)."""
-        with self._map_errors():
+        with self._map_errors(streamed=True):
             stream = await self._create(messages, settings, params, stream=True)
             assert isinstance(stream, AsyncStream)  # what `stream=True` returns
             if "event-stream" not in stream.response.headers.get("content-type", "event-stream"):
@@ -421,8 +422,8 @@ class AnthropicModel(Model):
         return {"type": "auto"}
 
     @contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        """The one place SDK and transport errors become miniagent's."""
+    def _map_errors(self, *, streamed: bool) -> Iterator[None]:
+        """The one place SDK and transport errors become miniagent's (`streamed`: of a streamed request)."""
         try:
             yield
         except anthropic.APIStatusError as exc:
@@ -430,9 +431,18 @@ class AnthropicModel(Model):
         except anthropic.APITimeoutError as exc:
             raise self._timeout_error() from exc
         except anthropic.APIConnectionError as exc:
+            detail = self._redact(transport_detail(exc))
+            if body_was_cut(exc):  # it connected and answered; the body broke off
+                raise ModelAPIError(
+                    f"The response from {self._where()} was cut before it was complete: {detail}. Retry; if it "
+                    "keeps failing, check the server's logs.",
+                    model_name=self.name,
+                    provider=_PROVIDER,
+                    retryable=True,
+                ) from exc
             raise ModelAPIError(
-                f"Could not connect to {self._where()}: {self._redact(str(exc.__cause__ or exc))}. Check that the "
-                "network is up and that `base_url` (or ANTHROPIC_BASE_URL) is right.",
+                f"Could not connect to {self._where()}: {detail}. Check that the network is up and that `base_url` "
+                "(or ANTHROPIC_BASE_URL) is right.",
                 model_name=self.name,
                 provider=_PROVIDER,
                 retryable=True,
@@ -451,15 +461,16 @@ class AnthropicModel(Model):
         except httpx2.TransportError as exc:
             raise ModelAPIError(
                 f"The connection to {self._where()} broke off in the middle of the response "
-                f"({type(exc).__name__}: {self._redact(str(exc))}). Retry the request.",
+                f"({type(exc).__name__}: {self._redact(transport_detail(exc))}). Retry the request.",
                 model_name=self.name,
                 provider=_PROVIDER,
                 retryable=True,
             ) from exc
         except json.JSONDecodeError as exc:
+            what = "streamed an event that is not JSON" if streamed else "answered with a body that is not valid JSON"
             raise ModelAPIError(
-                f"{self._subject()} streamed an event that is not JSON ({exc}). Retry the request; if it keeps "
-                "failing, check any proxy between you and the API.",
+                f"{self._subject()} {what} ({exc}). Retry the request; if it keeps failing, check any proxy between "
+                "you and the API.",
                 model_name=self.name,
                 provider=_PROVIDER,
                 retryable=True,
@@ -617,7 +628,7 @@ def _map_messages(messages: list[ModelMessage]) -> tuple[str | None, list[UserMe
                             "type": "tool_result",
                             "tool_use_id": part.tool_call_id,
                             "content": part.content_text(),
-                            "is_error": part.outcome != "success",
+                            "is_error": part.outcome in ("error", "timeout"),
                         }
                     )
                 elif part.tool_call_id is not None:

@@ -245,7 +245,7 @@ def build_turns(messages: Sequence[ModelMessage], params: ModelRequestParameters
                 elif isinstance(part, UserPromptPart):
                     turns.append(("user", part.content))
                 elif isinstance(part, ToolReturnPart):
-                    verb = "Result" if part.outcome == "success" else "Failure"
+                    verb = "Failure" if part.outcome in ("error", "timeout") else "Result"  # a fallback answered
                     turns.append(
                         (
                             "user",

@@ -54,7 +54,7 @@ from ._base import (
 )
 from ._clients import LoopClients
 from ._compat import PROFILES, CompatProfile, ToolChoiceMode, infer_profile, profile_named
-from ._http import error_class_for, parse_retry_after
+from ._http import body_was_cut, error_class_for, parse_retry_after, transport_detail
 
 try:
     import httpx2
@@ -441,15 +441,23 @@ class OpenAIChatModel(Model):
                 **common,
             ) from exc
         except openai.APIConnectionError as exc:
+            detail = self._redact(transport_detail(exc))
             if stream is not None and stream.events:
                 raise ModelAPIError(
-                    f"The stream from {where} was cut after {stream.events} events: {exc.__cause__ or exc}. "
+                    f"The stream from {where} was cut after {stream.events} events: {detail}. "
                     "Retry the request; if it keeps failing, check the server's logs.",
                     request_id=stream.request_id,
                     **common,
                 ) from exc
+            if body_was_cut(exc):  # it connected and answered; the body broke off
+                raise ModelAPIError(
+                    f"The response from {where} was cut before it was complete: {detail}. Retry; if it keeps "
+                    "failing, check the server's logs.",
+                    request_id=stream.request_id if stream else None,
+                    **common,
+                ) from exc
             raise ModelAPIError(
-                f"Could not connect to {where}: {exc.__cause__ or exc}. Check that the server is running and that "
+                f"Could not connect to {where}: {detail}. Check that the server is running and that "
                 "the URL is right (for 'openai-compatible:URL#model', the URL ends at the API root, often '/v1').",
                 **common,
             ) from exc

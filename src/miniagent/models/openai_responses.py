@@ -49,7 +49,7 @@ from ._base import (
     endpoint_upstream,
     new_tool_call_id,
 )
-from ._http import error_class_for, parse_retry_after
+from ._http import body_was_cut, error_class_for, parse_retry_after, transport_detail
 
 try:
     import openai
@@ -387,16 +387,25 @@ class OpenAIResponsesModel(Model):
                 provider=_PROVIDER,
             ) from exc
         except openai.APIConnectionError as exc:
+            detail = self._clients._redact(transport_detail(exc))
             if mapper.started:
                 raise ModelAPIError(
-                    f"The connection to {where} broke in the middle of the response stream: {exc.__cause__ or exc}. "
+                    f"The connection to {where} broke in the middle of the response stream: {detail}. "
                     "Retry the request.",
                     model_name=self.name,
                     provider=_PROVIDER,
                     request_id=mapper.failure_id,
                 ) from exc
+            if body_was_cut(exc):  # it connected and answered; the body broke off
+                raise ModelAPIError(
+                    f"The response from {where} was cut before it was complete: {detail}. Retry; if it keeps "
+                    "failing, check the server's logs.",
+                    model_name=self.name,
+                    provider=_PROVIDER,
+                    request_id=mapper.failure_id,
+                ) from exc
             raise ModelAPIError(
-                f"Could not connect to {where}: {exc.__cause__ or exc}. Check the network, and that `base_url` "
+                f"Could not connect to {where}: {detail}. Check the network, and that `base_url` "
                 "(or OPENAI_BASE_URL) is the API root ending in '/v1'.",
                 model_name=self.name,
                 provider=_PROVIDER,

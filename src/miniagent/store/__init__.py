@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import StoreError, ThreadConflict, ThreadNotFound
+from ..errors import DeadLetterNotFound, StoreError, ThreadConflict, ThreadNotFound
 from ._base import (
     DEFAULT_TENANT,
     DEFAULT_USER,
@@ -49,7 +49,7 @@ from ._base import (
     UsageRow,
     utc_now,
 )
-from ._dead_letters import DeadLetterNotFound, error_chain
+from ._dead_letters import error_chain
 from ._memories import Memory, MemoryStore
 from ._profiles import UserProfile
 from ._replay import replay_dead_letter

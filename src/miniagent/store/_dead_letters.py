@@ -5,6 +5,10 @@
 and `purge_dead_letters`. A persisted run writes its dead letter itself (in the transaction that records the failed
 state) when [`is_permanent_failure`][miniagent.errors.is_permanent_failure] says so;
 [`replay_dead_letter`][miniagent.store.replay_dead_letter] runs one again.
+
+Error texts can quote secrets (a key echoed in an exception, a bearer token in a URL): the error, every link of the
+chain and the metadata pass through the observability redactor before they are stored, as logs and spans do. The
+input (the prompt and messages a replay needs) is kept as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import delete, select
 
-from ..errors import StoreError, UserError
+from ..errors import DeadLetterNotFound, StoreError, UserError
 from ._base import DEFAULT_USER, DeadLetter, ErrorLink, Now, traced
 from ._models import DeadLetterRow
 
@@ -27,15 +31,18 @@ if TYPE_CHECKING:
 
     from ..messages import ModelMessage
 
-__all__ = ["DeadLetterNotFound", "DeadLettersMixin", "error_chain", "new_dead_letter"]
+__all__ = ["DeadLettersMixin", "error_chain", "new_dead_letter"]
 
 _MAX_LINKS = 20
 _MAX_MESSAGE = 4_000
 _MAX_LIMIT = 10_000
 
 
-class DeadLetterNotFound(StoreError):
-    """No dead letter with that id exists for this tenant (never another tenant's)."""
+def _redact(text: str) -> str:
+    """`text` with secrets replaced by `[REDACTED]` (the observability redactor; imported on first use)."""
+    from ..observability._redact import default_redactor
+
+    return default_redactor().redact(text)
 
 
 def _link(exc: BaseException, relation: Literal["error", "cause", "context", "failure"], name: str | None) -> ErrorLink:
@@ -46,13 +53,14 @@ def _link(exc: BaseException, relation: Literal["error", "cause", "context", "fa
     model_name = getattr(exc, "model_name", None)
     provider = getattr(exc, "provider", None)
     request_id = getattr(exc, "request_id", None)
+    upstream = upstream if isinstance(upstream, str) else name
     return ErrorLink(
         type(exc).__name__,
-        str(exc)[:_MAX_MESSAGE],
+        _redact(str(exc))[:_MAX_MESSAGE],  # redacted whole: a secret cut in two would no longer be recognized
         relation=relation,
         retryable=retryable if isinstance(retryable, bool) else None,
         status_code=status if isinstance(status, int) else None,
-        upstream=upstream if isinstance(upstream, str) else name,
+        upstream=_redact(upstream) if upstream is not None else None,
         provider=provider if isinstance(provider, str) else None,
         model_name=model_name if isinstance(model_name, str) else None,
         request_id=request_id if isinstance(request_id, str) else None,
@@ -63,10 +71,11 @@ def _link(exc: BaseException, relation: Literal["error", "cause", "context", "fa
 def error_chain(exc: BaseException | str) -> list[ErrorLink]:
     """The error, then its causes (`__cause__`, else `__context__`) and an `AllModelsFailed`'s failures, in order.
 
-    Each exception appears once; the chain is cut at 20 links. A string (a broker's reason) is one link.
+    Each exception appears once; the chain is cut at 20 links. A string (a broker's reason) is one link. Messages
+    are redacted (API keys, bearer tokens, passwords and configured secrets become `[REDACTED]`).
     """
     if isinstance(exc, str):
-        return [ErrorLink("Error", exc[:_MAX_MESSAGE])]
+        return [ErrorLink("Error", _redact(exc)[:_MAX_MESSAGE])]
     from ..errors import AllModelsFailed
 
     links: list[ErrorLink] = []
@@ -118,10 +127,12 @@ def new_dead_letter(
     meta: dict[str, Any] | None = None,
     replay_of: str | None = None,
 ) -> DeadLetter:
-    """A new dead letter (not yet stored): its error text and chain come from `error`, the prompt from `messages`."""
+    """A new dead letter (not yet stored): its error text and chain come from `error` (redacted), the prompt from
+    `messages`.
+    """  # noqa: D205
     if not run_id or not isinstance(run_id, str):
         raise UserError(f"A dead letter needs the failed run's id, got {run_id!r}.")
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = _redact(error if isinstance(error, str) else f"{type(error).__name__}: {error}")
     return DeadLetter(
         uuid.uuid4().hex,
         run_id=run_id,
@@ -135,9 +146,18 @@ def new_dead_letter(
         error_chain=error_chain(error),
         correlation_id=correlation_id,
         created_at=created_at,
-        meta=dict(meta or {}),
+        meta=_redacted_meta(meta),
         replay_of=replay_of,
     )
+
+
+def _redacted_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    if not meta:
+        return {}
+    from ..observability._redact import default_redactor
+
+    hidden = default_redactor().redact_value(meta)
+    return dict(hidden) if isinstance(hidden, dict) else {}
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -298,7 +318,7 @@ class DeadLettersMixin:
 
     @traced("get_dead_letter")
     async def get_dead_letter(self, dead_letter_id: str, *, tenant_id: str | None = None) -> DeadLetter:
-        """One dead letter of the tenant, or [`DeadLetterNotFound`][miniagent.store.DeadLetterNotFound]."""
+        """One dead letter of the tenant, or [`DeadLetterNotFound`][miniagent.errors.DeadLetterNotFound]."""
         async with self._session() as session:
             return _letter(await self._dead_letter_row(session, dead_letter_id, tenant_id or self.tenant_id))
 
