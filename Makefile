@@ -47,8 +47,13 @@ lint: install ## Ruff lint and format check
 typecheck: install ## mypy --strict on src, tests and bench
 	$(VENV)/bin/mypy
 
+.PHONY: services
+services: ## Install what the tests drive if missing (apt-get, as root): redis-server (the tests start their own), Node.js
+	@bash scripts/ensure-redis.sh
+	@bash scripts/ensure-node.sh
+
 .PHONY: pytest
-pytest: install ## The test suite only (unit, integration with the real local model, chaos)
+pytest: install services ## The test suite only (unit, integration with the real local model, chaos)
 	rm -f .coverage .coverage.*
 	$(VENV)/bin/coverage run -m pytest
 	$(VENV)/bin/coverage combine --quiet
@@ -69,6 +74,18 @@ bench-peers: $(UV) ## Install the peer frameworks into .venv-peers, then run the
 	$(UV) pip install --quiet --python .venv-peers/bin/python -r bench/requirements-peers.txt
 	$(MAKE) bench
 
+.PHONY: bench-server
+bench-server: install ## The server's load test, soak and added-latency benchmark (about 6 minutes)
+	$(VENV)/bin/python bench/server_load.py
+	$(VENV)/bin/python bench/server_soak.py
+	$(VENV)/bin/python bench/server_latency.py
+
+.PHONY: bench-litellm
+bench-litellm: $(UV) install ## Install LiteLLM's proxy into .venv-litellm, then run the latency benchmark against it
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) .venv-litellm
+	$(UV) pip install --quiet --python .venv-litellm/bin/python -r bench/requirements-litellm.txt
+	$(VENV)/bin/python bench/server_latency.py --litellm .venv-litellm/bin/litellm
+
 .PHONY: clean
 clean: ## Remove the virtual environments and caches
-	rm -rf $(VENV) $(TOOLS) .venv-peers .mypy_cache .ruff_cache .pytest_cache .coverage
+	rm -rf $(VENV) $(TOOLS) .venv-peers .venv-litellm .mypy_cache .ruff_cache .pytest_cache .coverage

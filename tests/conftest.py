@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.redis_service"]  # the `redis_server` / `redis_url` fixtures (a real redis-server)
+
 _CLEARED_PREFIXES = ("OPENAI_", "ANTHROPIC_", "MINIAGENT_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 

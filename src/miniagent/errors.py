@@ -31,6 +31,7 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 │           ├── ContentFiltered         the provider refused the content
 │           ├── ModelAuthError          401/403: the key is missing, wrong or lacks access
 │           └── ModelBadRequest         400/404/422: the request is invalid for this model
+├── LimiterUnavailable              (`miniagent.limits`) the shared rate limiter (Redis) did not answer: refused
 └── ModelRetry                      raised by a tool to ask the model to try again (control flow)
 ```
 """

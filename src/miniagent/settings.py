@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
 
@@ -72,7 +72,63 @@ class Settings(BaseSettings):
     """Default time to live of a thread without activity, in days, for `miniagent prune`; unset keeps everything
     (a tenant's or a thread's own `retention_days` wins)."""
 
-    @field_validator("local_model_path", "prices_file", "data_dir")
+    server_pepper: SecretStr | None = None
+    """The server's secret key for API key hashes (HMAC-SHA256): required with a database server; the embedded
+    SQLite setup generates one and keeps it beside its database file (`server_pepper`)."""
+    server_agents: str | None = None
+    """The agents `miniagent serve` exposes, comma-separated `package.module:attribute` paths (`name=` prefixes
+    rename one: `support=myapp.agents:agent`); unset serves the default chat agent."""
+    server_config: Path | None = None
+    """A TOML file naming the served agents (`[agents]` table: `name = "package.module:attribute"`)."""
+    jwt_issuer: str | None = None
+    """The OIDC issuer whose JWT bearer tokens are accepted (its `iss`); unset turns JWT sign-in off."""
+    jwt_audience: str | None = None
+    """The audience (`aud`) the tokens must name; required when `jwt_issuer` is set."""
+    jwt_jwks_url: str | None = None
+    """The issuer's JWKS URL; unset means the `jwks_uri` of `{jwt_issuer}/.well-known/openid-configuration`."""
+    jwt_tenant_claim: str = "tenant"
+    """The claim that holds a token's tenant (a token without it is refused)."""
+    jwt_leeway_s: float = Field(default=30.0, ge=0)
+    """Clock skew tolerated on a token's `exp`, `nbf` and `iat`, in seconds."""
+    jwks_cache_s: float = Field(default=600.0, gt=0)
+    """How long the fetched JWKS is trusted before it is fetched again (an unknown `kid` refetches sooner)."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins allowed to call the server from a browser: comma-separated or a JSON list (`https://app.example`);
+`*` allows any origin (without credentials)."""
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    """The largest request body accepted, in bytes; a larger one gets 413 before it is read."""
+    redis_url: str | None = None
+    """Redis for state shared by replicas (rate limits, budgets, circuit breakers): `redis://host:6379/0`."""
+    rate_limit_rpm: float | None = Field(default=None, gt=0)
+    """Requests per minute allowed to each API key and to each user (a token bucket); unset: no limit."""
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    """Requests a key or user may make at once before `rate_limit_rpm` paces them (the bucket's size); unset: one
+    minute's worth (`rate_limit_rpm`, rounded up)."""
+    budget_tokens_per_day: int | None = Field(default=None, ge=0)
+    """Model tokens (input plus output) each API key and each user may use per UTC day; unset: no budget."""
+    budget_usd_per_day: float | None = Field(default=None, ge=0)
+    """Model cost in USD each API key and each user may spend per UTC day; unset: no budget."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve `/metrics` on this separate port instead of the API port (keep it off the public network)."""
+    api_key_cache_s: float = Field(default=5.0, ge=0)
+    """How long a verified API key is trusted without reading the store again (0: read it on every request);
+    a key revoked through this server stops working at once, through another replica within this delay."""
+    readyz_cache_s: float = Field(default=5.0, ge=0)
+    """How long `/readyz` reuses the result of its checks."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("local_model_path", "prices_file", "data_dir", "server_config")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

@@ -7,11 +7,11 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from miniagent import Agent, AgentEvent, RunFailed, RunFinished, TextDelta, UnexpectedModelBehavior
+from miniagent import Agent, AgentEvent, RunFailed, RunFinished, RunStarted, TextDelta, UnexpectedModelBehavior
 from miniagent.events import RunCancelled, event_from_json, event_to_json
-from miniagent.messages import ModelMessage, messages_from_json, messages_to_json
+from miniagent.messages import ModelMessage, ModelResponse, messages_from_json, messages_to_json
 from miniagent.models import StreamChunk, ToolCallChunk
-from miniagent.testing import AgentInfo, FunctionModel, ScriptedModel, tool_call_response
+from miniagent.testing import AgentInfo, FunctionModel, ScriptedModel, text_response, tool_call_response
 
 pytestmark = pytest.mark.anyio
 
@@ -155,3 +155,30 @@ async def test_a_number_still_streaming_is_not_shown_early() -> None:
         ages = [vars(o)["age"] for o in [o async for o in run.stream_output()]]
     assert 3 not in ages
     assert ages[-1] == 36
+
+
+async def test_an_event_sink_streams_by_default_and_stream_false_asks_for_a_whole_response() -> None:
+    calls: list[str] = []
+
+    async def whole(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        calls.append("request")
+        return text_response("whole answer")
+
+    async def streamed(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        calls.append("request_stream")
+        yield "streamed "
+        yield "answer"
+
+    agent = Agent(FunctionModel(whole, stream_function=streamed))
+    seen: list[AgentEvent] = []
+
+    async def sink(event: AgentEvent) -> None:
+        seen.append(event)
+
+    assert (await agent.run("hi", event_sink=sink)).output == "streamed answer"
+    assert [e.delta for e in seen if isinstance(e, TextDelta)] == ["streamed ", "answer"]
+    seen.clear()
+    assert (await agent.run("hi", event_sink=sink, stream=False)).output == "whole answer"
+    assert not any(isinstance(e, TextDelta) for e in seen)  # no deltas, every other event still arrives
+    assert isinstance(seen[0], RunStarted) and isinstance(seen[-1], RunFinished)
+    assert calls == ["request_stream", "request"]

@@ -72,7 +72,7 @@ async def test_upgrade_from_0002_keeps_existing_data(empty_url: str) -> None:
             )
             assert "dead_letters" not in await conn.run_sync(_tables)
 
-        assert await store.migrate() == "0003"
+        assert await store.migrate() == "0004"
         async with store.engine.connect() as conn:
             assert {"dead_letters", "usage_records", "tool_results"} <= await conn.run_sync(_tables)
             assert {"correlation_id", "agent_name", "replay_of"} <= await conn.run_sync(_run_columns)

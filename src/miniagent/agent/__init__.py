@@ -10,7 +10,7 @@ from .._utils import SYSTEM_CLOCK, Clock, run_until_complete
 from ..errors import UserError
 from ..events import AgentEvent, HistoryFitted
 from ..messages import ModelMessage, Prompt
-from ..models import Model, ModelRequestParameters, ModelSettings, infer_model
+from ..models import Model, ModelRequestParameters, ModelSettings, ToolDefinition, infer_model
 from ..resilience import (
     DEFAULT_RETRY,
     BreakerRegistry,
@@ -23,7 +23,7 @@ from ..resilience import (
 from ..tools import Tool, ToolFunc
 from ..usage import Usage, UsageLimits
 from ._output import OutputSchema, check_output_type
-from ._result import RunResult
+from ._result import ExternalToolCalls, RunResult
 from ._run import AgentRun, EventSink
 from ._stream import StreamedRun
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..store import SQLStore
     from ._persist import RunRecorder
 
-__all__ = ["Agent", "RunResult", "StreamedRun"]
+__all__ = ["Agent", "ExternalToolCalls", "RunResult", "StreamedRun"]
 
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
@@ -127,6 +127,7 @@ class Agent(Generic[DepsT, OutputT]):
         "breakers",
         "_last_good",
         "_protected",
+        "_external_tools",
     )
 
     @overload
@@ -304,6 +305,7 @@ class Agent(Generic[DepsT, OutputT]):
         self.breakers = breakers
         self._last_good = last_good_cache
         self._protected: tuple[Model, Model] | None = None
+        self._external_tools: tuple[ToolDefinition, ...] = ()
         for tool in tools:
             self._add_tool(tool if isinstance(tool, Tool) else Tool(tool))
 
@@ -420,11 +422,50 @@ class Agent(Generic[DepsT, OutputT]):
                         f"have; register that tool too, or change `fallback`. Tools: {', '.join(sorted(self._tools))}."
                     )
             self._params = ModelRequestParameters(
-                function_tools=[t.definition for t in self._tools.values()],
+                function_tools=[*(t.definition for t in self._tools.values()), *self._external_tools],
                 output_tools=[schema.tool] if schema.tool else [],
                 allow_text_output=schema.text,
             )
         return self._params
+
+    def _variant(self, *, output_type: Any = str, external_tools: Sequence[ToolDefinition] = ()) -> Agent[DepsT, Any]:
+        """A copy of this agent for one request, with another `output_type` and tools its caller runs itself.
+
+        A call to an external tool ends the run with [`ExternalToolCalls`][miniagent.agent.ExternalToolCalls] as
+        its output. The copy shares the model (with its retry layer and breaker), the tools and the caches, so
+        making one per request is cheap. The OpenAI-compatible server uses it for its clients' `tools` and
+        `response_format`.
+
+        Raises:
+            UserError: an external tool is not an `external` definition, or its name is taken by one of the agent's
+                tools or by the structured-output tool.
+            OutputTypeError: `output_type` cannot be used as structured output.
+        """
+        import copy
+
+        if output_type is not str:
+            check_output_type(output_type)
+        names: set[str] = set()
+        for definition in external_tools:
+            if definition.kind != "external":
+                raise UserError(f"Tool {definition.name!r} must be a ToolDefinition with kind='external'.")
+            if definition.name in self._tools or definition.name in names:
+                raise UserError(
+                    f"The external tool {definition.name!r} has the name of another tool of agent {self.name!r}; "
+                    "rename it."
+                )
+            if definition.name == "final_result" and output_type is not str:
+                raise UserError("The tool name 'final_result' is reserved for structured output; rename the tool.")
+            names.add(definition.name)
+        self._protect(self.resolve_model())  # resolved once here, so every copy shares the model and its breaker
+        self._last_good_cache()
+        variant: Agent[DepsT, Any] = copy.copy(self)
+        variant._tools = dict(self._tools)
+        variant.output_type = output_type
+        variant._schema = None
+        variant._params = None
+        variant._external_tools = tuple(external_tools)
+        return variant
 
     def resolve_model(self, model: Model | str | None = None) -> Model:
         """The model a run would use: `model` if given, else an override, else the agent's (resolved once)."""
@@ -568,6 +609,7 @@ class Agent(Generic[DepsT, OutputT]):
         model_settings: ModelSettings | None = None,
         timeout: float | None = None,
         event_sink: EventSink | None = None,
+        stream: bool | None = None,
         thread_id: str | None = None,
         user_id: str | None = None,
         store: SQLStore | None = None,
@@ -584,6 +626,9 @@ class Agent(Generic[DepsT, OutputT]):
             model_settings: Sampling settings for this run, over the agent's.
             timeout: Deadline of the whole run in seconds; exceeding it raises `RunTimeout`.
             event_sink: An async callable receiving every event, in order.
+            stream: Whether to ask the model for a streamed response, so the sink receives text as it is produced
+                (default: when `event_sink` is given). `False` with a sink still gives it every other event, and
+                spares a provider's per-chunk parsing when nobody reads the deltas.
             thread_id: Continue this stored thread: its history is loaded from the store, and the user's message,
                 each step and the events are saved as the run goes (`ThreadNotFound` if it is not this user's).
             user_id: The user the thread belongs to; with no `thread_id`, a new thread is started
@@ -597,7 +642,7 @@ class Agent(Generic[DepsT, OutputT]):
         return await self._execute(
             prompt,
             sink=event_sink,
-            stream=event_sink is not None,
+            stream=event_sink is not None if stream is None else stream,
             store=store,
             thread_id=thread_id,
             user_id=user_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 OutputT = TypeVar("OutputT")
 
 OUTPUT_TOOL_NAME = "final_result"
+OUTPUT_SCHEMA_ATTR = "__output_json_schema__"
+"""A class attribute by which an output type gives its JSON schema verbatim (a dict), instead of pydantic's: for
+schemas from outside Python (the OpenAI-compatible server's `response_format`), which its validator enforces."""
 _TRAILING_NUMBER = re.compile(r"(?<=[:,\[])\s*-?[0-9][0-9.eE+-]*$")
 _WRAP_KEY = "response"
 
@@ -53,15 +57,17 @@ class OutputSchema(Generic[OutputT]):
         if self.text:
             self._adapter: TypeAdapter[Any] | None = None
             return
+        given = getattr(output_type, OUTPUT_SCHEMA_ATTR, None)
         try:
             self._adapter = TypeAdapter(output_type)
-            schema = self._adapter.json_schema()
+            schema = copy.deepcopy(given) if isinstance(given, dict) else self._adapter.json_schema()
         except (PydanticSchemaGenerationError, PydanticUserError, TypeError) as exc:
             raise OutputTypeError(
                 f"`output_type` {output_type!r} cannot be described as a JSON schema ({exc}); use a pydantic model, "
                 "a dataclass, a TypedDict or JSON-friendly types."
             ) from exc
-        _strip_titles(schema)
+        if given is None:  # pydantic's generated titles are noise; a schema given verbatim is kept as it is
+            _strip_titles(schema)
         if schema.get("type") != "object" or "properties" not in schema:
             self._wrapped = True
             defs = schema.pop("$defs", None)

@@ -5,12 +5,26 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from typing import Generic, TypeVar
 
-from ..messages import ModelMessage, ModelResponse
+from ..messages import ModelMessage, ModelResponse, ToolCallPart
 from ..usage import Usage
 
 OutputT = TypeVar("OutputT")
 
-__all__ = ["RunResult"]
+__all__ = ["ExternalToolCalls", "RunResult"]
+
+
+@dataclass(slots=True)
+class ExternalToolCalls:
+    """The output of a run that ended because the model called tools its caller runs itself (external tools).
+
+    The run stops at the model's response instead of executing anything: the caller runs `calls` and continues the
+    conversation with their results (the OpenAI-compatible server hands them to its client as `tool_calls`). Calls
+    to the agent's own tools in that same response are not executed either; the model asks again if it still needs
+    them.
+    """
+
+    calls: list[ToolCallPart]
+    """The model's calls to external tools, in order, with their ids."""
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import anyio
 
@@ -70,7 +70,7 @@ from ..resilience._retry import Attempts
 from ..tools import Tool
 from ..usage import Usage, UsageLimits
 from ._output import OutputSchema
-from ._result import RunResult
+from ._result import ExternalToolCalls, RunResult
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -142,6 +142,7 @@ class AgentRun(Generic[DepsT, OutputT]):
         self.output_schema: OutputSchema[OutputT] = agent._output_schema()
         self.tools: dict[str, Tool[DepsT]] = agent._tools
         self.params: ModelRequestParameters = agent._request_params()
+        self.external_tools = frozenset(t.name for t in self.params.function_tools if t.kind == "external")
         self._tool_retries: dict[str, int] = {}
         self._output_retries = 0
         self.scope: RunScope
@@ -341,6 +342,9 @@ class AgentRun(Generic[DepsT, OutputT]):
             if output_call is not None:
                 return await self._handle_output_call(output_call, calls)
         if calls:
+            external = [c for c in calls if c.tool_name in self.external_tools]
+            if external:  # the caller runs these: the run ends here and hands them over, executing nothing
+                return _Final(cast(OutputT, ExternalToolCalls(external)))
             return await self._run_tools(calls)
         if not response.parts or (not response.text.strip() and schema.text):
             return [await self._output_retry("The response was empty; answer the user.", None)]

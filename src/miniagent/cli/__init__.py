@@ -1,18 +1,20 @@
 """The `miniagent` command line.
 
-`chat`, `models`, `migrate`, `prune`, `profile`, `doctor`, `dlq`, `usage`, `--version`.
+`chat`, `serve`, `keys`, `models`, `migrate`, `prune`, `profile`, `doctor`, `dlq`, `usage`, `--version`.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from .._version import __version__
 from ._dlq import dlq_app
+from ._keys import keys_app
 from ._usage import usage
 
 if TYPE_CHECKING:
@@ -116,6 +118,47 @@ def chat(
 
 
 @app.command()
+def serve(
+    agents: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Agents to serve: 'package.module:attribute' (or 'name=package.module:attribute'); "
+            "default: MINIAGENT_SERVER_AGENTS, else the default chat agent."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 1,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="A TOML file with an [agents] table: name = 'module:attr'.")
+    ] = None,
+    reload: Annotated[bool, typer.Option("--reload", help="Restart when the code changes (development).")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+    graceful_timeout: Annotated[
+        float, typer.Option("--graceful-timeout", min=0, help="Seconds in-flight requests get to finish on SIGTERM.")
+    ] = 30.0,
+) -> None:
+    """Serve agents over HTTP: the OpenAI API (/v1), the native API (/api/v1), /docs, /healthz, /readyz, /metrics.
+
+    Requests need an API key (`miniagent keys create`) or a JWT of the configured issuer.
+    """
+    from ._serve import run_serve
+
+    raise typer.Exit(
+        run_serve(
+            agents=agents or [],
+            host=host,
+            port=port,
+            workers=workers,
+            config=config,
+            reload=reload,
+            log_level=log_level,
+            graceful_timeout_s=graceful_timeout,
+        )
+    )
+
+
+@app.command()
 def migrate(
     revision: Annotated[str, typer.Argument(help="The revision to upgrade to.")] = "head",
 ) -> None:
@@ -171,6 +214,7 @@ profile_app = typer.Typer(
 app.add_typer(profile_app)
 app.add_typer(dlq_app)  # `miniagent dlq list|show|replay|purge` (cli/_dlq.py)
 app.command("usage")(usage)  # `miniagent usage` (cli/_usage.py)
+app.add_typer(keys_app)  # `miniagent keys create|list|revoke` (cli/_keys.py)
 
 _UserOption = Annotated[
     str, typer.Option("--user", "-u", help="Whose profile (default: the user of `miniagent chat`).")

@@ -45,8 +45,10 @@ class ToolDefinition:
     parameters_json_schema: dict[str, Any]
     """A JSON schema (an object) of the arguments."""
     _: KW_ONLY
-    kind: Literal["function", "output"] = "function"
-    """`function` for a tool the agent runs; `output` for the tool that delivers the structured final answer."""
+    kind: Literal["function", "output", "external"] = "function"
+    """`function` for a tool the agent runs; `output` for the tool that delivers the structured final answer;
+    `external` for a tool the caller runs itself (a call to it ends the run and is handed over, see
+    [`ExternalToolCalls`][miniagent.agent.ExternalToolCalls])."""
 
 
 @dataclass(frozen=True, slots=True)

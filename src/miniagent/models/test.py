@@ -376,7 +376,19 @@ def _placeholder(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> 
     if "const" in schema:
         return schema["const"]
     kind = schema.get("type", "object")
+    if isinstance(kind, list):  # a union of types (`["string", "null"]`): the first one
+        kind = kind[0] if kind else "object"
     if kind == "object":
         props: dict[str, Any] = schema.get("properties", {})
         return {name: _placeholder(sub, defs) for name, sub in props.items()}
-    return {"string": "a", "integer": 0, "number": 0.0, "boolean": False, "array": [], "null": None}.get(kind, "a")
+    if kind == "array":  # as few items as allowed, each a placeholder of the item schema
+        items = schema.get("items")
+        count = schema.get("minItems", 0)
+        return [_placeholder(items, defs) if isinstance(items, dict) else "a" for _ in range(count)]
+    if kind == "string":
+        return "a" * max(1, schema.get("minLength", 1))
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = low + 1 if "exclusiveMinimum" in schema else low
+        return int(value) if kind == "integer" else float(value)
+    return {"boolean": False, "null": None}.get(kind, "a") if isinstance(kind, str) else "a"

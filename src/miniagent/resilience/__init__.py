@@ -17,12 +17,14 @@ from ._breaker import (
     default_breakers,
 )
 from ._fallback import FallbackModel, InvalidModelResponse
+from ._redis_breakers import WALL_CLOCK, RedisBreakerStore, WallClock, redis_breakers
 from ._resilient import DEFAULT_RETRY, ResilientModel
 from ._retry import RetryPolicy, default_retryable
 from ._tools import InMemoryLastGoodCache, LastGoodCache, args_key, describe_age
 
 __all__ = [
     "DEFAULT_RETRY",
+    "WALL_CLOCK",
     "BreakerRecord",
     "BreakerRegistry",
     "BreakerStore",
@@ -32,10 +34,13 @@ __all__ = [
     "InMemoryLastGoodCache",
     "InvalidModelResponse",
     "LastGoodCache",
+    "RedisBreakerStore",
     "ResilientModel",
     "RetryPolicy",
+    "WallClock",
     "args_key",
     "default_breakers",
     "default_retryable",
     "describe_age",
+    "redis_breakers",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -463,8 +464,25 @@ class BreakerRegistry:
 
 
 _default_registry = BreakerRegistry()
+_shared_lock = threading.Lock()
+_shared_registries: dict[str, BreakerRegistry] = {}  # Redis URL -> its registry
 
 
 def default_breakers() -> BreakerRegistry:
-    """The process-wide registry that agents use unless given `breakers=`."""
-    return _default_registry
+    """The process-wide registry that agents use unless given `breakers=`.
+
+    In this process by default; with `MINIAGENT_REDIS_URL` set, one whose state lives in that Redis (on the wall
+    clock), so every replica sees the same breakers (see [`redis_breakers`][miniagent.resilience.redis_breakers]).
+    """
+    url = os.environ.get("MINIAGENT_REDIS_URL")  # read per call (a dict lookup): the run path stays cheap
+    if not url:
+        return _default_registry
+    registry = _shared_registries.get(url)
+    if registry is None:
+        from ._redis_breakers import redis_breakers
+
+        with _shared_lock:
+            registry = _shared_registries.get(url)
+            if registry is None:
+                registry = _shared_registries[url] = redis_breakers(url)
+    return registry

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import DeadLetterNotFound, StoreError, ThreadConflict, ThreadNotFound
+from ._api_keys import ApiKeyInfo, ApiKeyState
 from ._base import (
     DEFAULT_TENANT,
     DEFAULT_USER,
@@ -65,6 +66,8 @@ __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_USER",
     "USAGE_GROUPS",
+    "ApiKeyInfo",
+    "ApiKeyState",
     "Branch",
     "DeadLetter",
     "DeadLetterNotFound",

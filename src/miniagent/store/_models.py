@@ -1,7 +1,8 @@
 """SQLAlchemy 2 models of the store's tables.
 
 Every row carries its `tenant_id`; the first migration creates most of them, `0003` the dead letters, usage records
-and last good tool results (and the runs' correlation id, agent name and replay link).
+and last good tool results (and the runs' correlation id, agent name and replay link), `0004` the server's API keys
+and message feedback.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ApiKeyRow",
     "Base",
     "DeadLetterRow",
+    "FeedbackRow",
     "MemoryRow",
     "MessageRow",
     "RunEventRow",
@@ -250,3 +255,48 @@ class ToolResultRow(Base):
     args_key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     stored_at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class ApiKeyRow(Base):
+    """An API key of the server: only the HMAC-SHA256 of its secret (`hash`) is kept, with its scopes and lifetime.
+
+    `prefix` (`mk_` and 12 hex digits) is the public start of the secret: it finds the row, and listings show it.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"),
+        UniqueConstraint("prefix", name="uq_api_keys_prefix"),
+        Index("ix_api_keys_owner", "tenant_id", "user_id"),
+    )
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    user_id: Mapped[str] = mapped_column(_ID)
+    name: Mapped[str | None] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))
+    hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+
+
+class FeedbackRow(Base):
+    """A user's rating of one message (+1 or -1) with an optional comment; one per user and message."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"),
+        UniqueConstraint("tenant_id", "user_id", "message_id", name="uq_feedback_owner_message"),
+        Index("ix_feedback_thread", "thread_id"),
+    )
+    id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(_ID)
+    user_id: Mapped[str] = mapped_column(_ID)
+    thread_id: Mapped[str] = mapped_column(_ID, ForeignKey("threads.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(_ID, ForeignKey("messages.id", ondelete="CASCADE"))
+    rating: Mapped[int] = mapped_column(SmallInteger)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TS)

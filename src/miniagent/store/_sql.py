@@ -20,6 +20,7 @@ from ..errors import StoreError, ThreadConflict, ThreadNotFound
 from ..events import event_from_json, event_to_json
 from ..messages import ModelMessage, ModelRequest, UserPromptPart, messages_from_json, messages_to_json
 from ..usage import Usage
+from ._api_keys import ApiKeysMixin
 from ._base import (
     DEFAULT_TENANT,
     DEFAULT_USER,
@@ -35,6 +36,7 @@ from ._base import (
     utc_now,
 )
 from ._dead_letters import DeadLettersMixin, dead_letter_row
+from ._feedback import FeedbackMixin
 from ._models import MessageRow, RunEventRow, RunRow, TenantRow, ThreadRow, UserRow
 from ._profiles import ProfilesMixin
 from ._usage import ModelUsage, UsageMixin
@@ -87,7 +89,7 @@ def _preview(message: ModelMessage) -> str:
     return ""
 
 
-class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin):
+class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, FeedbackMixin):
     """The store on a SQL database: SQLite (embedded default) or PostgreSQL. One instance belongs to one event loop.
 
     Every method runs in one transaction: when it raises, nothing of it was written. Writes on SQLite take the write
