@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 
 from .. import events as _events
 from .._utils import Clock
@@ -255,6 +256,8 @@ class AgentRun(Generic[DepsT, OutputT]):
 
     async def _loop(self) -> OutputT:
         while True:
+            # Store writes are shielded from cancellation: a run whose model and tools never yield still stops here.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             self.limits.check_before_request(self.usage)
             self.step += 1
             self.scope.step = self.step

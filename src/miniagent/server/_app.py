@@ -278,17 +278,20 @@ async def _running(
         setup = getattr(limits, "setup_limits", None) if limits is not None else None
         if setup is not None:
             await setup(state)
-        native = _optional(".native")
-        create_run_manager = getattr(native, "create_run_manager", None) if native is not None else None
-        if create_run_manager is not None:
-            state.runs = create_run_manager(state)
-            stack.push_async_callback(state.runs.aclose)
 
         async def shutdown_hooks() -> None:
             for hook in reversed(state.on_shutdown):
                 await hook()
 
+        # Pushed before the run manager's `aclose`, so it runs after it: runs that end during the shutdown (within
+        # the grace period, or interrupted) emit their last events, and the limits' hook then charges their usage
+        # before its limiter (and Redis, below) closes.
         stack.push_async_callback(shutdown_hooks)
+        native = _optional(".native")
+        create_run_manager = getattr(native, "create_run_manager", None) if native is not None else None
+        if create_run_manager is not None:
+            state.runs = create_run_manager(state)
+            stack.push_async_callback(state.runs.aclose)
         yield
 
 

@@ -222,21 +222,12 @@ class TenantStore:
             self._run_store = view
         return self._run_store
 
-    async def start_threadless_run(self, run_id: str, *, agent_name: str, correlation_id: str | None) -> None:
-        """Record a run without a thread (an OpenAI-compatible request) as the principal's, `running`."""
-        await self.store.start_run(
-            run_id,
-            thread_id=None,
-            user_id=self.user_id,
-            tenant_id=self.tenant_id,
-            correlation_id=correlation_id,
-            agent_name=agent_name,
-        )
-
-    async def finish_threadless_run(
+    async def record_threadless_run(
         self,
         run_id: str,
         *,
+        agent_name: str,
+        correlation_id: str | None,
         status: RunStatus,
         steps: int,
         usage: Usage,
@@ -244,9 +235,21 @@ class TenantStore:
         events: Sequence[AgentEvent] = (),
         model_usage: Sequence[tuple[str, Usage]] = (),
     ) -> None:
-        """Record the end of a run started by `start_threadless_run`: its state, usage, events and usage records."""
-        await self.store.finish_run(
-            run_id, status=status, steps=steps, usage=usage, error=error, events=events, model_usage=model_usage
+        """Record a run without a thread (an OpenAI-compatible request) as the principal's, once it has ended: its
+        row, events and usage records in one transaction.
+        """  # noqa: D205
+        await self.store.record_run(
+            run_id,
+            status=status,
+            steps=steps,
+            usage=usage,
+            user_id=self.user_id,
+            tenant_id=self.tenant_id,
+            correlation_id=correlation_id,
+            agent_name=agent_name,
+            error=error,
+            events=events,
+            model_usage=model_usage,
         )
 
     def run_kwargs(self) -> dict[str, Any]:

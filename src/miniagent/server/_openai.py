@@ -192,7 +192,13 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep, tenant:
 
 
 class _RunLog:
-    """Records a request's run in the store as the principal's: started at its first event, ended at its last."""
+    """Records a request's run in the store as the principal's, in one transaction at its end.
+
+    A run without a thread has nothing to protect before the model call (no conversation to commit), so its row,
+    events and usage records are written together once it ends (cancelled and failed runs too): one transaction
+    per request instead of two, at the cost of the run not being listed as `running` while it is in flight (and of
+    no record at all for a process killed mid-request, whose usage is then not in the usage report).
+    """
 
     def __init__(self, tenant: TenantStore, agent_name: str, model_name: str) -> None:
         self.tenant = tenant
@@ -204,14 +210,13 @@ class _RunLog:
         self.model_usage: list[tuple[str, Usage]] = []
         self.finished = False
         self.last_response: ModelResponse | None = None
+        self.correlation_id: str | None = None
 
     async def on_event(self, event: AgentEvent) -> None:
         self.events.append(event)
         if isinstance(event, RunStarted):
             self.run_id = event.run_id
-            await self.tenant.start_threadless_run(
-                event.run_id, agent_name=self.agent_name, correlation_id=current_correlation_id()
-            )
+            self.correlation_id = current_correlation_id()
         elif isinstance(event, ModelRequestStarted):
             self.steps = event.step
         elif isinstance(event, ModelResponseReceived):
@@ -229,8 +234,10 @@ class _RunLog:
             return
         self.finished = True
         with anyio.CancelScope(shield=True):  # a cancelled run is still recorded as such
-            await self.tenant.finish_threadless_run(
+            await self.tenant.record_threadless_run(
                 self.run_id,
+                agent_name=self.agent_name,
+                correlation_id=self.correlation_id,
                 status=status,
                 steps=self.steps,
                 usage=usage,

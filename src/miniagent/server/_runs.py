@@ -403,3 +403,8 @@ class RunManager:
             handle.scope.cancel()
         for handle in left:
             await handle.done.wait()
+        # `done` is set in the task's `finally`; await the tasks themselves too, so that when this returns no run task
+        # is left to touch the store (the lifespan closes it next; a connection still checked out by a task then
+        # would be closed on an engine already disposed).
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))

@@ -11,7 +11,8 @@ recovered) at start-up, then the optional parts are set up, each by the module t
 - `miniagent.server._limits` may define `async setup_limits(state) -> None` (sets `state.limiter`) and
   `enforce_limits` (a dependency applied to the API routers).
 - `state.redis` is a `redis.asyncio.Redis` client when `redis_url` is configured (closed at shutdown).
-- Extra async callables appended to `state.on_shutdown` are awaited at shutdown, last added first.
+- Extra async callables appended to `state.on_shutdown` are awaited at shutdown, last added first, after the run
+  manager's `aclose()` (so they see the end of every run) and before the store and Redis close.
 """
 
 from __future__ import annotations

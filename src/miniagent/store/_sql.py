@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, event, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from ..errors import StoreError, ThreadConflict, ThreadNotFound
+from ..errors import StoreError, ThreadConflict, ThreadNotFound, UserError
 from ..events import event_from_json, event_to_json
 from ..messages import ModelMessage, ModelRequest, UserPromptPart, messages_from_json, messages_to_json
 from ..usage import Usage
@@ -316,9 +316,19 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
-        """One transaction: committed at the end of the block, rolled back if it raises."""
-        async with self._errors(), self._sessions() as session, session.begin():
-            yield session
+        """One transaction: committed at the end of the block, rolled back if it raises.
+
+        Shielded from cancellation: a task cancelled mid-transaction (a run cancelled or interrupted at shutdown)
+        finishes the transaction and gets the cancellation at its next checkpoint (the agent loop has one per step).
+        Cancelled inside it, SQLAlchemy would invalidate the connection and close it in a shielded task that the
+        cancellation abandons: a close left pending past the engine's disposal, which can hang the event loop's
+        shutdown (aiosqlite).
+        """
+        import anyio
+
+        with anyio.CancelScope(shield=True):
+            async with self._errors(), self._sessions() as session, session.begin():
+                yield session
 
     async def _ensure_tenant(self, session: AsyncSession, tenant_id: str) -> None:
         if await session.get(TenantRow, tenant_id) is None:
@@ -808,6 +818,85 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
                     )
             if dead_letter is not None:
                 session.add(dead_letter_row(dead_letter))
+
+    @traced("record_run")
+    async def record_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus,
+        steps: int,
+        usage: Usage,
+        user_id: str = DEFAULT_USER,
+        tenant_id: str | None = None,
+        correlation_id: str | None = None,
+        agent_name: str | None = None,
+        error: str | None = None,
+        events: Sequence[AgentEvent] = (),
+        model_usage: Sequence[ModelUsage] = (),
+    ) -> None:
+        """Record a whole run without a thread at its end, in one transaction: its row (already in its final state),
+        its events and its usage records (`start_run` + `finish_run` in one write, for runs with nothing to protect
+        before they end, such as an OpenAI-compatible request).
+
+        Args:
+            run_id: The run's id.
+            status: Its final state (not `running`).
+            steps: Its steps.
+            usage: What it used.
+            user_id: The user it ran for.
+            tenant_id: Their tenant (default: the store's).
+            correlation_id: The request's correlation id.
+            agent_name: The agent that ran.
+            error: Its error, if it failed.
+            events: Its events, in order (numbered from 1).
+            model_usage: The usage records of its model responses.
+
+        Raises:
+            UserError: `status` is `running` (use `start_run` for a run in progress).
+        """  # noqa: D205
+        if status == "running":
+            raise UserError("`record_run` records a run that has ended: pass its final status, or use `start_run`.")
+        tenant = tenant_id or self.tenant_id
+        now = self.now()
+        async with self._session() as session:
+            await self._ensure_tenant(session, tenant)
+            session.add(
+                RunRow(
+                    id=run_id,
+                    tenant_id=tenant,
+                    thread_id=None,
+                    user_id=user_id,
+                    status=status,
+                    steps=steps,
+                    usage=_usage_dict(usage),
+                    cost_usd=usage.cost_usd,
+                    error=error,
+                    owner=f"{socket.gethostname()}:{os.getpid()}",
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=now,
+                    correlation_id=correlation_id,
+                    agent_name=agent_name[:200] if agent_name else None,
+                    replay_of=None,
+                )
+            )
+            await session.flush()  # the run's row before the rows that refer to it
+            session.add_all(
+                RunEventRow(
+                    run_id=run_id,
+                    seq=seq,
+                    tenant_id=tenant,
+                    kind=event.kind,
+                    data=event_to_json(event).decode(),
+                    created_at=now,
+                )
+                for seq, event in enumerate(events, start=1)
+            )
+            if model_usage:
+                self._record_usage(
+                    session, model_usage, tenant_id=tenant, user_id=user_id, thread_id=None, run_id=run_id, now=now
+                )
 
     @traced("get_run")
     async def get_run(self, run_id: str, *, tenant_id: str | None = None) -> RunRecord:
