@@ -163,8 +163,6 @@ def _migration_result(
 
 
 async def _check_database(settings: Settings) -> CheckResult:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from ._health_base import scrub
 
     location = _store_location(settings)
@@ -191,18 +189,10 @@ async def _check_database(settings: Settings) -> CheckResult:
 
     password = make_url(location.url).password
     secrets = [str(password)] if password else []
-    kwargs: dict[str, Any] = {}
-    if location.is_sqlite:
-        # The store's own SQLite library (`pysqlite3` when installed): two SQLite libraries in one process on one
-        # WAL file do not see each other's locks, so closing this check's connection would delete the store's WAL
-        # under its open connections (their next statement fails with "disk I/O error").
-        from ..store._sqlite_driver import sqlite_dbapi
+    from ..store._connect import make_engine  # the store's own SQLite library: see `make_engine`
 
-        dbapi = sqlite_dbapi()
-        if dbapi is not None:
-            kwargs["module"] = dbapi
     try:
-        engine = create_async_engine(location.url, **kwargs)
+        engine = make_engine(location.url)
     except Exception as exc:
         return CheckResult(
             "fail",

@@ -1,19 +1,41 @@
-"""Reaching a database server at open time: a bounded retry of connection failures, with an injectable sleep."""
+"""Reaching the database: one way to make an engine, and a bounded retry of connection failures at open time."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["Sleep", "connect_with_retry", "is_connection_failure"]
+__all__ = ["Sleep", "connect_with_retry", "is_connection_failure", "make_engine"]
 
 Sleep = Callable[[float], Awaitable[None]]
 """Waits some seconds (`anyio.sleep`; tests inject one that records the delays)."""
+
+
+def make_engine(url: str, *, busy_timeout_s: float | None = None) -> AsyncEngine:
+    """An async engine for `url`; for SQLite, on the store's own SQLite library (`pysqlite3` when installed).
+
+    Everything in this process that opens the store's database goes through here: two SQLite libraries on one WAL
+    file do not see each other's locks, so a connection of the other library closing would delete the WAL under the
+    store's open connections (their next statement fails with "disk I/O error").
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        if busy_timeout_s is not None:
+            kwargs["connect_args"] = {"timeout": busy_timeout_s}
+        from ._sqlite_driver import sqlite_dbapi
+
+        dbapi = sqlite_dbapi()  # pysqlite3 with sqlite-vec when installed (see `_sqlite_driver`)
+        if dbapi is not None:
+            kwargs["module"] = dbapi
+    return create_async_engine(url, **kwargs)
+
 
 # Driver errors that mean "the server is not (yet) there", worth another try; a wrong password is not.
 _TRANSIENT_NAMES = frozenset({"CannotConnectNowError", "TooManyConnectionsError", "ConnectionDoesNotExistError"})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, delete, event, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..errors import StoreError, ThreadConflict, ThreadNotFound, UserError
 from ..events import event_from_json, event_to_json
@@ -35,6 +35,7 @@ from ._base import (
     traced,
     utc_now,
 )
+from ._connect import make_engine
 from ._dead_letters import DeadLettersMixin, dead_letter_row
 from ._feedback import FeedbackMixin
 from ._models import MessageRow, RunEventRow, RunRow, TenantRow, ThreadRow, UserRow
@@ -136,15 +137,7 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
         self.default_retention_days = default_retention_days
         self.is_sqlite = url.startswith("sqlite")
         self.sqlite_path = self._sqlite_path(url) if self.is_sqlite else None
-        kwargs: dict[str, Any] = {}
-        if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": busy_timeout_s}
-            from ._sqlite_driver import sqlite_dbapi
-
-            dbapi = sqlite_dbapi()  # pysqlite3 with sqlite-vec when installed (see `_sqlite_driver`)
-            if dbapi is not None:
-                kwargs["module"] = dbapi
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.engine: AsyncEngine = make_engine(url, busy_timeout_s=busy_timeout_s)
         if self.is_sqlite:
             self._setup_sqlite(busy_timeout_s)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
