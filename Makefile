@@ -48,8 +48,9 @@ typecheck: install ## mypy --strict on src, tests and bench
 	$(VENV)/bin/mypy
 
 .PHONY: services
-services: ## Install what the tests drive if missing (apt-get, as root): redis-server (the tests start their own), Node.js
+services: ## Install what the tests drive if missing (apt-get, as root): redis-server and rabbitmq-server (the tests start their own), Node.js
 	@bash scripts/ensure-redis.sh
+	@bash scripts/ensure-rabbitmq.sh
 	@bash scripts/ensure-node.sh
 
 .PHONY: pytest
@@ -85,6 +86,11 @@ bench-litellm: $(UV) install ## Install LiteLLM's proxy into .venv-litellm, then
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) .venv-litellm
 	$(UV) pip install --quiet --python .venv-litellm/bin/python -r bench/requirements-litellm.txt
 	$(VENV)/bin/python bench/server_latency.py --litellm .venv-litellm/bin/litellm
+
+.PHONY: bench-queue
+bench-queue: install services ## Background runs: jobs/s and queue latency (SQLite, RabbitMQ, Redis; 1/2/4 workers), embedding batching
+	$(VENV)/bin/python bench/queue_throughput.py
+	$(VENV)/bin/python bench/embed_batching.py
 
 .PHONY: clean
 clean: ## Remove the virtual environments and caches

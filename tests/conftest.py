@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.redis_service"]  # the `redis_server` / `redis_url` fixtures (a real redis-server)
+pytest_plugins = [
+    "tests.redis_service",  # the `redis_server` / `redis_url` fixtures (a real redis-server)
+    "tests.rabbitmq_service",  # the `rabbitmq_server` / `rabbitmq_url` fixtures (a real RabbitMQ node)
+]
 
 _CLEARED_PREFIXES = ("OPENAI_", "ANTHROPIC_", "MINIAGENT_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .models import Model
 
 __all__ = [
+    "Handback",
+    "handback_requested",
+    "handback_scope",
     "DepsT",
     "RunContext",
     "RunScope",
@@ -146,3 +149,33 @@ class RunContext(Generic[DepsT]):
     """The id of the call being made, inside a tool."""
     retry: int = 0
     """How many times the current tool (or output) has been retried so far."""
+
+
+@dataclass
+class Handback:
+    """Set `requested` before cancelling a run's task to hand the run back to its job queue: the run then records
+    nothing of its cancellation (no `run-cancelled` event, no `cancelled` state), and another worker continues it.
+    """  # noqa: D205
+
+    requested: bool = False
+    """Whether the coming cancellation is a hand-back."""
+
+
+_HANDBACK: ContextVar[Handback | None] = ContextVar("miniagent_handback", default=None)
+
+
+@contextmanager
+def handback_scope() -> Iterator[Handback]:
+    """A `Handback` for the runs started inside the block (the run manager wraps each queued run in one)."""
+    handback = Handback()
+    token = _HANDBACK.set(handback)
+    try:
+        yield handback
+    finally:
+        _HANDBACK.reset(token)
+
+
+def handback_requested() -> bool:
+    """Whether the current run's cancellation hands it back to the queue (see `Handback`)."""
+    handback = _HANDBACK.get()
+    return handback is not None and handback.requested

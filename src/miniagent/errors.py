@@ -32,6 +32,8 @@ MiniAgentError                      every error of ours; `str(e)` says what went
 │           ├── ModelAuthError          401/403: the key is missing, wrong or lacks access
 │           └── ModelBadRequest         400/404/422: the request is invalid for this model
 ├── LimiterUnavailable              (`miniagent.limits`) the shared rate limiter (Redis) did not answer: refused
+├── QueueUnavailable                the job queue (SQLite file, RabbitMQ, Redis) cannot be reached: nothing enqueued
+├── ToolNotReplayable               a run taken over after a crash would repeat a non-idempotent tool call: failed
 └── ModelRetry                      raised by a tool to ask the model to try again (control flow)
 ```
 """
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from .usage import Usage
 
 __all__ = [
+    "QueueUnavailable",
+    "ToolNotReplayable",
     "AllModelsFailed",
     "CircuitOpen",
     "ContentFiltered",
@@ -360,6 +364,24 @@ class ModelBadRequest(ModelHTTPError):
     default_retryable = False
 
 
+class QueueUnavailable(MiniAgentError):
+    """The job queue cannot be reached (a file that cannot be opened, a broker that does not answer); nothing was
+    enqueued or settled. The message names the queue's URL (without its password) and what to check.
+    """  # noqa: D205
+
+
+class ToolNotReplayable(RunError):
+    """A run taken over after its worker stopped (crash, kill) would call again a tool that is not idempotent and
+    may already have run: the run fails visibly instead of repeating its effect. Check the tool's effect, then
+    resume the thread.
+    """  # noqa: D205
+
+    def __init__(self, message: str, *, tool_name: str, tool_call_id: str | None = None) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+        self.tool_call_id = tool_call_id
+
+
 class ModelRetry(MiniAgentError):
     """Raise from a tool (or output validator) to send `message` back to the model and let it try again."""
 
@@ -368,7 +390,8 @@ def is_permanent_failure(exc: BaseException) -> bool:
     """Whether a run that ended with `exc` failed for good and belongs in the dead-letter table.
 
     True for upstream failures that survived the retry policy, breakers and fallbacks (every `ModelAPIError`,
-    including `CircuitOpen` and `AllModelsFailed`) and for timeouts; false for the caller's own limits, bad input
+    including `CircuitOpen` and `AllModelsFailed`), for timeouts and for a taken-over run that would repeat a
+    non-idempotent tool call (`ToolNotReplayable`); false for the caller's own limits, bad input
     and cancellation, which a replay would not fix.
     """
-    return isinstance(exc, ModelAPIError | RunTimeout)
+    return isinstance(exc, ModelAPIError | RunTimeout | ToolNotReplayable)

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     rename one: `support=myapp.agents:agent`); unset serves the default chat agent."""
     server_config: Path | None = None
     """A TOML file naming the served agents (`[agents]` table: `name = "package.module:attribute"`)."""
+    server_passthrough_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Model strings the OpenAI-compatible API (`/v1`) also serves as themselves, after the agents: comma-separated or
+    a JSON list (`openai:gpt-4o-mini,test`); each runs a plain agent on that model (no instructions, no tools but the
+    client's). Each must resolve through the model registry, and none may be a served agent's name."""
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    """Seconds without an event after which a server-sent event stream (`/v1` streaming, run events) sends a
+    `: keep-alive` comment, so proxies and load balancers do not cut a stream that waits on a long tool call."""
     jwt_issuer: str | None = None
     """The OIDC issuer whose JWT bearer tokens are accepted (its `iss`); unset turns JWT sign-in off."""
     jwt_audience: str | None = None
@@ -99,6 +106,23 @@ class Settings(BaseSettings):
     """The largest request body accepted, in bytes; a larger one gets 413 before it is read."""
     redis_url: str | None = None
     """Redis for state shared by replicas (rate limits, budgets, circuit breakers): `redis://host:6379/0`."""
+    queue_url: str | None = None
+    """The job queue of background runs: `amqp://user:pw@host:5672/` (RabbitMQ), `redis://host:6379/0` (Redis
+    Streams) or `sqlite:///path/queue.db`; unset means an SQLite file beside the embedded store (`queue.db`)."""
+    queue_name: str = Field(default="miniagent.runs", min_length=1, max_length=200)
+    """The queue (RabbitMQ), stream (Redis) or SQLite queue that server replicas and workers share."""
+    queue_lease_s: float = Field(default=30.0, gt=0)
+    """How long a job taken by a worker that stopped answering (crash, kill, partition) stays with it before
+    another worker takes it over; the worker renews its lease on the run while it runs."""
+    queue_max_deliveries: int = Field(default=5, ge=1)
+    """Deliveries after which a job that keeps failing its worker (a poison message) is dead-lettered."""
+    worker_concurrency: int = Field(default=4, ge=1)
+    """Runs one worker executes at once (`miniagent worker --concurrency`)."""
+    worker_tenant_cap: int | None = Field(default=None, ge=1)
+    """Runs of one tenant a worker executes at once (fair scheduling); unset: half the concurrency, at least 1."""
+    server_inprocess_worker: bool | None = None
+    """Whether `miniagent serve` consumes background runs itself; unset: yes with the embedded SQLite queue, no
+    with RabbitMQ or Redis (run `miniagent worker` processes)."""
     rate_limit_rpm: float | None = Field(default=None, gt=0)
     """Requests per minute allowed to each API key and to each user (a token bucket); unset: no limit."""
     rate_limit_burst: int | None = Field(default=None, ge=1)
@@ -116,9 +140,17 @@ class Settings(BaseSettings):
     readyz_cache_s: float = Field(default=5.0, ge=0)
     """How long `/readyz` reuses the result of its checks."""
 
-    @field_validator("cors_origins", mode="before")
+    def resolved_data_dir(self) -> Path:
+        """`data_dir`, else the user data dir (platformdirs): where the embedded store and queue keep their files."""
+        if self.data_dir is not None:
+            return self.data_dir
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("miniagent", appauthor=False))
+
+    @field_validator("cors_origins", "server_passthrough_models", mode="before")
     @classmethod
-    def _origins(cls, value: object) -> object:
+    def _string_list(cls, value: object) -> object:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -127,6 +159,21 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("server_passthrough_models")
+    @classmethod
+    def _model_strings(cls, value: list[str]) -> list[str]:
+        models = [spec.strip() for spec in value]
+        for spec in models:
+            if not spec or len(spec) > 200 or any(c.isspace() for c in spec):
+                raise ValueError(
+                    f"{spec!r} is not a model string: write 'provider:model' (e.g. 'openai:gpt-4o-mini'), at most 200 "
+                    "characters without spaces"
+                )
+        duplicates = sorted({spec for spec in models if models.count(spec) > 1})
+        if duplicates:
+            raise ValueError(f"{', '.join(map(repr, duplicates))} is listed twice: list each model once")
+        return models
 
     @field_validator("local_model_path", "prices_file", "data_dir", "server_config")
     @classmethod

@@ -132,7 +132,7 @@ def test_migrate_and_prune_commands(tmp_path: Path) -> None:
     env = {"MINIAGENT_DATA_DIR": str(tmp_path)}
     result = CliRunner().invoke(app, ["migrate"], env=env)
     assert result.exit_code == 0, result.output
-    assert "store at revision 0004" in result.output  # the head migration
+    assert "store at revision 0005" in result.output  # the head migration
     assert (tmp_path / "miniagent.db").exists()
     result = CliRunner().invoke(app, ["prune"], env={**env, "MINIAGENT_RETENTION_DAYS": "30"})
     assert result.exit_code == 0, result.output

@@ -86,6 +86,7 @@ def test_default_registry_holds_the_builtin_checks_and_takes_more() -> None:
         "default model",
         "database",
         "redis",
+        "queue",
         "data dir",
         "disk space",
         "sqlite extensions",

@@ -239,7 +239,7 @@ def test_healthz_and_readyz(make_app: AppFactory, live_server: LiveServer) -> No
         ready_names = {c["name"] for c in ready.json()["checks"]}
         assert "database" in ready_names and "default model" not in ready_names  # no provider request per probe
         database = next(c for c in ready.json()["checks"] if c["name"] == "database")
-        assert database["status"] == "ok" and "0004" in database["detail"]
+        assert database["status"] == "ok" and "0005" in database["detail"]
 
 
 def test_readyz_fails_with_a_critical_check_and_is_cached(make_app: AppFactory, live_server: LiveServer) -> None:

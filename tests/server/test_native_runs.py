@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 from pydantic import BaseModel
@@ -60,7 +62,7 @@ async def test_sse_resume_hands_over_from_live_events_to_the_store_without_gap_o
         started = await client.post("/api/v1/runs", json={"prompt": "hi", "background": True})
         assert started.status_code == 202, started.text
         run = started.json()
-        assert run["status"] == "running" and run["agent"] == "streamer"
+        assert run["status"] == "queued" and run["agent"] == "streamer"
         run_id = run["id"]
         # First connection: read up to the first text delta (the run is blocked right after it), then leave.
         async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
@@ -219,35 +221,57 @@ async def test_a_second_run_on_a_busy_thread_is_a_409(make_app: AppFactory, api_
         assert (await client.get(f"/api/v1/runs/{run['id']}")).json()["status"] == "succeeded"
 
 
-async def test_shutdown_interrupts_runs_past_the_grace_period_and_they_resume(
+async def test_shutdown_hands_background_runs_back_to_the_queue_and_the_next_server_finishes_them(
     make_app: AppFactory, api_key: ApiKeyFactory, server_settings: Settings
 ) -> None:
     gate = Gate()
-    key = api_key(scopes=("chat",))
+    key = api_key(scopes=("chat", "threads"))
     app = make_app(agents=[gated_agent(gate)])
     state_of(app).extras["run_grace_s"] = 0.0
     async with serving(app) as served, httpx.AsyncClient(base_url=served.url, headers=auth(key)) as client:
         run = (await client.post("/api/v1/runs", json={"prompt": "go", "background": True})).json()
         await gate.reached.wait()
-    # The server is down: the run was cancelled at shutdown and recorded as interrupted (resumable).
+    # The server is down: past the grace period the run was handed back to the queue, nothing of the cut step kept.
     store = await SQLStore.open(server_settings.database_url, settings=server_settings)
     try:
         record = await store.get_run(run["id"], tenant_id="t1")
     finally:
         await store.close()
-    assert record.status == "interrupted"
-    assert record.error is not None and "shut down" in record.error
-    assert record.usage.tool_calls == 1
-    # A new server resumes it: a new run continues the thread from the committed tool call.
+    assert record.status == "queued" and record.attempts == 1 and record.error is None
+    assert [e.event.kind for e in await _events(server_settings, run["id"])] == ["run-started"]
+    # The next server's worker takes the job and finishes the same run (its user message is not posted twice).
     resumed_gate = Gate()
     resumed_gate.release.set()
     app2 = make_app(agents=[gated_agent(resumed_gate)])
     async with serving(app2) as served, httpx.AsyncClient(base_url=served.url, headers=auth(key)) as client:
-        resumed = await client.post(f"/api/v1/runs/{run['id']}/resume", json={})
-        assert resumed.status_code == 200, resumed.text
-        assert resumed.json()["status"] == "succeeded" and resumed.json()["output"] == "done"
-        again = await client.post(f"/api/v1/runs/{resumed.json()['id']}/resume")
+        await wait_until_async(lambda: _status(client, run["id"]), "succeeded")
+        body = (await client.get(f"/api/v1/runs/{run['id']}")).json()
+        assert body["status"] == "succeeded" and body["usage"]["tool_calls"] == 1
+        messages = (await client.get(f"/api/v1/threads/{run['thread_id']}/messages")).json()
+        assert [m["role"] for m in messages].count("user") == 1
+        again = await client.post(f"/api/v1/runs/{run['id']}/resume")
         assert again.status_code == 409 and again.json()["error"]["code"] == "not_resumable"
+    kinds = [e.event.kind for e in await _events(server_settings, run["id"])]
+    assert kinds.count("run-started") == 2 and kinds[-1] == "run-finished"
+
+
+async def _status(client: httpx.AsyncClient, run_id: str) -> str:
+    return str((await client.get(f"/api/v1/runs/{run_id}")).json()["status"])
+
+
+async def wait_until_async(read: Any, expected: str) -> None:
+    """Poll `read()` until it returns `expected` (a hang guard, not a timing assertion)."""
+    with anyio.fail_after(60):
+        while await read() != expected:  # noqa: ASYNC110  # the state is in another process's store
+            await anyio.sleep(0.05)
+
+
+async def _events(settings: Settings, run_id: str) -> list[Any]:
+    store = await SQLStore.open(settings.database_url, settings=settings)
+    try:
+        return list(await store.events(run_id, tenant_id="t1"))
+    finally:
+        await store.close()
 
 
 async def test_shutdown_lets_a_run_finish_within_the_grace_period(
@@ -278,7 +302,10 @@ async def test_a_run_of_another_server_process_is_followed_from_the_store(
     gate = Gate()
     key = api_key(scopes=("chat",))
     runner = make_app(agents=[streaming_agent(gate)])
-    watcher = make_app(agents=[streaming_agent(Gate())])  # another worker on the same database
+    # Another server on the same database that executes no background runs itself (only `runner`'s worker does).
+    watcher = make_app(
+        server_settings.model_copy(update={"server_inprocess_worker": False}), agents=[streaming_agent(Gate())]
+    )
     async with (
         serving(runner) as first,
         serving(watcher) as second,

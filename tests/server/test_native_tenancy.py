@@ -1,7 +1,8 @@
 """Multi-tenancy: two tenants x two users, each with threads, branches, runs (one running), memories, feedback and a
 profile. Every other principal tries to read, modify, branch, switch, regenerate, stream (SSE and WebSocket),
-cancel, resume, delete and rate each one's objects by id (and by guessed ids): 404 every time, nothing of the
-victim's in the answer, and the victim's data is unchanged afterwards. On SQLite and on a real PostgreSQL.
+cancel, resume, delete and rate each one's objects by id (and by guessed ids): 404 every time, never listed (threads,
+runs with any filter), nothing of the victim's in the answer, and the victim's data is unchanged afterwards. On
+SQLite and on a real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ async def snapshot(client: httpx.AsyncClient, owned: Owned) -> dict[str, Any]:
         "memories": "/api/v1/me/memories",
         "profile": "/api/v1/me/profile",
         "threads": "/api/v1/threads",
+        "runs": "/api/v1/runs",
     }
     out = {}
     for name, path in parts.items():
@@ -168,6 +170,9 @@ async def test_no_principal_can_reach_another_ones_objects(
                     assert victim.user not in response.json()["error"]["message"] or victim.user == attacker.user
                 listed = (await client.get("/api/v1/threads", headers=h)).json()["data"]
                 assert victim.thread not in {t["id"] for t in listed}
+                for query in ("", f"?thread_id={victim.thread}", "?status=running", "?status=succeeded"):
+                    runs = (await client.get(f"/api/v1/runs{query}", headers=h)).json()["data"]
+                    assert not {victim.run, victim.running_run} & {r["id"] for r in runs}, query
                 memories = (await client.get("/api/v1/me/memories", headers=h)).json()["data"]
                 assert victim.memory not in {m["id"] for m in memories}
             # Guessed ids: nothing there either.

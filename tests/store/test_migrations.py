@@ -72,12 +72,17 @@ async def test_upgrade_from_0002_keeps_existing_data(empty_url: str) -> None:
             )
             assert "dead_letters" not in await conn.run_sync(_tables)
 
-        assert await store.migrate() == "0004"
+        assert await store.migrate() == "0005"
         async with store.engine.connect() as conn:
             assert {"dead_letters", "usage_records", "tool_results"} <= await conn.run_sync(_tables)
             assert {"correlation_id", "agent_name", "replay_of"} <= await conn.run_sync(_run_columns)
+            assert {"via_queue", "lease_owner", "lease_until", "attempts", "cancel_requested"} <= await conn.run_sync(
+                _run_columns
+            )
+            assert "tool_intents" in await conn.run_sync(_tables)
         old = await store.get_run("old-run")
         assert old.status == "succeeded" and old.usage.cost_usd == 0.5 and old.user_id == "alice"
+        assert not old.via_queue and old.attempts == 0 and not old.cancel_requested
         assert (old.correlation_id, old.agent_name, old.replay_of) == (None, None, None)
         assert [m.id for m in await store.history(thread.id, user_id="alice")] == ids
 
@@ -95,14 +100,15 @@ async def test_upgrade_from_0002_keeps_existing_data(empty_url: str) -> None:
 async def test_downgrade_to_0002_and_up_again(empty_url: str) -> None:
     store = await SQLStore.open(empty_url, migrate=False)
     try:
-        await store.migrate("0003")
+        await store.migrate()
         thread = await store.create_thread()
         await store.start_run("r1", thread_id=thread.id, correlation_id="c1")
         await store.finish_run("r1", status="succeeded", steps=0, usage=await _usage())
         async with store.engine.begin() as conn:
             await conn.run_sync(_alembic, "downgrade", "0002")
             assert not {"dead_letters", "usage_records", "tool_results"} & await conn.run_sync(_tables)
-            assert "correlation_id" not in await conn.run_sync(_run_columns)
+            assert not {"correlation_id", "via_queue", "lease_until"} & await conn.run_sync(_run_columns)
+            assert "tool_intents" not in await conn.run_sync(_tables)
             (count,) = (await conn.execute(text("SELECT count(*) FROM runs"))).one()
             assert count == 1  # the run (and its thread) survived the downgrade
             await conn.run_sync(_alembic, "upgrade", "head")

@@ -531,6 +531,7 @@ class Agent(Generic[DepsT, OutputT]):
         sink: EventSink | None,
         stream: bool,
         recorder: RunRecorder | None = None,
+        run_id: str | None = None,
     ) -> AgentRun[DepsT, OutputT]:
         if timeout is not None and not timeout > 0:
             raise UserError(f"`timeout` must be a positive number of seconds or None, got {timeout!r}.")
@@ -553,6 +554,7 @@ class Agent(Generic[DepsT, OutputT]):
             timeout_s=timeout,
             clock=self.clock,
             recorder=recorder,
+            run_id=run_id,
         )
 
     async def _execute(
@@ -567,6 +569,8 @@ class Agent(Generic[DepsT, OutputT]):
         message_history: list[ModelMessage] | None,
         **run_args: Any,
     ) -> RunResult[OutputT]:
+        if run_args.get("run_id") is not None and thread_id is None:
+            raise UserError("`run_id` continues a run recorded in the store: pass its `thread_id` (and `store`) too.")
         if thread_id is None and user_id is None and store is None:
             run = self._new_run(message_history=message_history, sink=sink, stream=stream, **run_args)
             return await run.run(prompt)
@@ -578,6 +582,7 @@ class Agent(Generic[DepsT, OutputT]):
         from ._persist import open_recorder
 
         async with open_recorder(store or self.store, thread_id=thread_id, user_id=user_id) as (recorder, history):
+            recorder.adopt = run_args.get("run_id") is not None
             memory = self.long_term_memory
             if memory is not None and isinstance(prompt, str):
                 recalled = await memory.recall(recorder.store, user_id=recorder.user_id, query=prompt)
@@ -613,6 +618,7 @@ class Agent(Generic[DepsT, OutputT]):
         thread_id: str | None = None,
         user_id: str | None = None,
         store: SQLStore | None = None,
+        run_id: str | None = None,
     ) -> RunResult[OutputT]:
         """Run the agent on `prompt` until it produces its final output.
 
@@ -634,6 +640,9 @@ class Agent(Generic[DepsT, OutputT]):
             user_id: The user the thread belongs to; with no `thread_id`, a new thread is started
                 (`result.thread_id`).
             store: The store for this run (default: the agent's, else the configured one).
+            run_id: Record the run under this id. A run the store already holds under it, claimed by this caller
+                (a queued background run a worker executes, `SQLStore.claim_run`), is continued: its steps, usage
+                and events go on from where they were committed. Needs `thread_id`.
 
         Raises:
             RunError: the run failed; the error carries its messages and usage.
@@ -653,6 +662,7 @@ class Agent(Generic[DepsT, OutputT]):
             usage=usage,
             model_settings=model_settings,
             timeout=timeout,
+            run_id=run_id,
         )
 
     def run_sync(

@@ -145,6 +145,8 @@ class RunRecorder:
         self._request_id: str | None = None
         self._retries = 0
         self._fallbacks = 0
+        self.adopt = False
+        """Continue a run already recorded under the run's id (a worker's claimed queued run)."""
 
     def prepare(self, messages: list[ModelMessage]) -> list[ModelMessage]:
         """The messages the model is sent: with the user's profile as one more system part (never stored)."""
@@ -226,7 +228,12 @@ class RunRecorder:
             correlation_id=self.correlation_id,
             agent_name=run.agent.name,
             replay_of=self.replay.run_id if self.replay is not None else None,
+            adopt=self.adopt,
         )
+        if self.adopt:  # a claimed queued run: go on from its committed steps and usage
+            record = await self.store.get_run(run.run_id)
+            run.step = record.steps
+            run.usage.incr(record.usage)
         self._started = True
         self._input = list(run.messages)  # the history it started from and its first request: what a replay needs
         await self._write(run)
@@ -264,6 +271,10 @@ class RunRecorder:
         except Exception:
             _log.exception("Could not build the dead letter of run %s; the run's own error is kept", run.run_id)
             return None
+
+    async def tool_intent(self, run: AgentRun[Any, Any], tool_name: str, tool_call_id: str) -> None:
+        """Commit that a non-idempotent tool call is about to run (a worker taking the run over will not repeat it)."""
+        await self.store.record_tool_intent(run.run_id, tool_call_id=tool_call_id, tool_name=tool_name, step=run.step)
 
     async def checkpoint(self, run: AgentRun[Any, Any]) -> None:
         """Commit the step just finished (the response and the tool results) with its events."""

@@ -14,7 +14,7 @@ import anyio.lowlevel
 
 from .. import events as _events
 from .._utils import Clock
-from ..context import RunContext, RunScope, correlation_id, run_scope
+from ..context import RunContext, RunScope, correlation_id, handback_requested, run_scope
 from ..errors import (
     ModelRetry,
     RunError,
@@ -124,11 +124,12 @@ class AgentRun(Generic[DepsT, OutputT]):
         timeout_s: float | None,
         clock: Clock,
         recorder: RunRecorder | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.agent = agent
         self.model = model
         self.deps = deps
-        self.run_id = uuid.uuid4().hex
+        self.run_id = run_id or uuid.uuid4().hex
         self.messages: list[ModelMessage] = list(message_history) if message_history else []
         self.new_message_index = len(self.messages)
         self.limits = usage_limits
@@ -216,10 +217,11 @@ class AgentRun(Generic[DepsT, OutputT]):
                     timeout_s=self.timeout_s,
                 )
         except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
-            with anyio.CancelScope(shield=True):
-                await self._emit(RunCancelled(self.run_id, self._usage_snapshot()))
-                if self.recorder is not None:
-                    await self.recorder.finish(self, "cancelled")
+            if not handback_requested():  # a hand-back to the job queue records nothing: another worker goes on
+                with anyio.CancelScope(shield=True):
+                    await self._emit(RunCancelled(self.run_id, self._usage_snapshot()))
+                    if self.recorder is not None:
+                        await self.recorder.finish(self, "cancelled")
             raise
         except Exception as exc:
             if isinstance(exc, RunError):  # a run error carries the run's state, so nothing is lost
@@ -471,6 +473,8 @@ class AgentRun(Generic[DepsT, OutputT]):
 
     async def _call_tool(self, tool: Tool[DepsT], call: ToolCallPart, kwargs: dict[str, Any]) -> ModelRequestPart:
         self.usage.tool_calls += 1
+        if not tool.idempotent and self.recorder is not None:  # committed before it runs: a takeover will know
+            await self.recorder.tool_intent(self, tool.name, call.tool_call_id)
         await self._emit(ToolCallStarted(self.run_id, self.step, tool.name, call.tool_call_id, kwargs))
         started = self.clock.now()
         part = await self._tool_attempts(tool, call, kwargs)

@@ -1,6 +1,6 @@
 """The `miniagent` command line.
 
-`chat`, `serve`, `keys`, `models`, `migrate`, `prune`, `profile`, `doctor`, `dlq`, `usage`, `--version`.
+`chat`, `serve`, `worker`, `keys`, `models`, `migrate`, `prune`, `profile`, `doctor`, `dlq`, `usage`, `--version`.
 """
 
 from __future__ import annotations
@@ -115,6 +115,38 @@ def chat(
         log_level=log_level,
     )
     raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    agents: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Agents to run: 'package.module:attribute' (or 'name=package.module:attribute'), as for `serve`; "
+            "default: MINIAGENT_SERVER_AGENTS, else the default chat agent."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-n", min=1, help="Runs at once (default: MINIAGENT_WORKER_CONCURRENCY)."),
+    ] = None,
+    tenant_cap: Annotated[
+        int | None,
+        typer.Option("--tenant-cap", min=1, help="Runs of one tenant at once (fair scheduling; default: half)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="A TOML file with an [agents] table: name = 'module:attr'.")
+    ] = None,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0, help="Seconds running runs get to finish on SIGTERM before hand-back.")
+    ] = 30.0,
+) -> None:
+    """Execute background runs from the job queue (MINIAGENT_QUEUE_URL) until SIGTERM or Ctrl-C."""
+    from ._worker import run_worker
+
+    raise typer.Exit(
+        run_worker(agents=agents or [], config=config, concurrency=concurrency, tenant_cap=tenant_cap, grace_s=grace)
+    )
 
 
 @app.command()

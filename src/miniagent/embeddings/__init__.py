@@ -8,12 +8,15 @@ embedder: Embedder = HashEmbedder()  # tests; `LocalEmbedder()` (offline MiniLM)
 
 [`LocalEmbedder`][miniagent.embeddings.LocalEmbedder] needs the `memory` extra and
 [`OpenAIEmbedder`][miniagent.embeddings.OpenAIEmbedder] the `openai` one; both import them on first use.
+[`BatchingEmbedder`][miniagent.embeddings.BatchingEmbedder] wraps any of them so that the `embed` calls of
+concurrent runs go out as one request.
 """
 
 from __future__ import annotations
 
 from ._base import Embedder, HashEmbedder, normalize
+from ._batch import BatchingEmbedder
 from ._local import LocalEmbedder
 from ._openai import OpenAIEmbedder
 
-__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "OpenAIEmbedder", "normalize"]
+__all__ = ["BatchingEmbedder", "Embedder", "HashEmbedder", "LocalEmbedder", "OpenAIEmbedder", "normalize"]

@@ -54,8 +54,11 @@ class LongTermMemory:
     Active for runs with a store and a `user_id`; without them a run neither recalls nor extracts.
 
     Args:
-        embedder: Makes the vectors (default: [`LocalEmbedder`][miniagent.embeddings.LocalEmbedder], offline; needs
-            the `memory` extra, else the first stored run raises `OptionalDependencyError`).
+        embedder: Makes the vectors, used as given (default: [`LocalEmbedder`][miniagent.embeddings.LocalEmbedder],
+            offline; needs the `memory` extra, else the first stored run raises `OptionalDependencyError`). Every run
+            of the agent shares it: wrap a remote one in a
+            [`BatchingEmbedder`][miniagent.embeddings.BatchingEmbedder] and the recalls and extractions of
+            concurrent runs go out as shared requests.
         k: How many memories are recalled per request.
         min_score: The least cosine similarity of a recalled memory.
         extract: Extract facts after each turn (`False`: recall only, memories added through `memories()`).

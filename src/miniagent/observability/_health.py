@@ -42,6 +42,7 @@ from ._health_base import (
     scrub,
 )
 from ._health_models import local_model_check, model_check
+from ._health_queue import queue_check
 from ._health_redis import redis_check
 from ._health_system import (
     DiskUsage,
@@ -74,6 +75,7 @@ __all__ = [
     "disk_space_check",
     "local_model_check",
     "model_check",
+    "queue_check",
     "redis_check",
     "register_check",
     "run_checks",
@@ -165,13 +167,16 @@ class CheckRegistry:
 
 
 def builtin_checks() -> list[Check]:
-    """The checks miniagent ships, as `default_registry` holds them: the default model, the database and its
-    migration level, Redis (when configured), the data dir, disk space, SQLite extension loading, versions.
-    """  # noqa: D205
+    """The checks miniagent ships, as `default_registry` holds them.
+
+    The default model, the database and its migration level, Redis (when configured), the job queue, the data dir,
+    disk space, SQLite extension loading, versions.
+    """
     return [
         model_check(),
         database_check(),
         redis_check(),
+        queue_check(),
         data_dir_check(),
         disk_space_check(),
         sqlite_extension_check(),

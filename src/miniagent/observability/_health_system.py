@@ -91,11 +91,7 @@ def _data_dir(settings: Settings) -> Path:
     location = _store_location(settings)
     if location.sqlite_path is not None:
         return location.sqlite_path.parent
-    if settings.data_dir is not None:
-        return settings.data_dir
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("miniagent", appauthor=False))
+    return settings.resolved_data_dir()
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -22,7 +22,7 @@ from ._state import AgentRegistry
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["DEFAULT_AGENT_NAME", "build_registry", "load_config", "parse_agent_specs"]
+__all__ = ["DEFAULT_AGENT_NAME", "build_passthrough", "build_registry", "load_config", "parse_agent_specs"]
 
 DEFAULT_AGENT_NAME = "default"
 """The name of the agent served when none is configured (the default chat agent on `MINIAGENT_DEFAULT_MODEL`)."""
@@ -97,3 +97,31 @@ def build_registry(
     if not len(registry):
         registry.add(Agent(model=settings.default_model, name=DEFAULT_AGENT_NAME))
     return registry
+
+
+def build_passthrough(settings: Settings, agents: AgentRegistry) -> dict[str, Agent[Any, Any]]:
+    """The pass-through models of `settings.server_passthrough_models`: a plain agent on each, by its model string.
+
+    Each model is built now, through the model registry with these settings, so a string that names no provider,
+    a provider whose extra is missing or a model without its API key stops the server at start-up.
+
+    Raises:
+        UserError: A model string is a served agent's name, or cannot be resolved (the message says why).
+    """
+    from ..models import registry as models
+
+    served: dict[str, Agent[Any, Any]] = {}
+    for spec in settings.server_passthrough_models:
+        if spec in agents:
+            raise UserError(
+                f"The pass-through model {spec!r} has the name of a served agent: serve the agent under another "
+                f"name (`name=package.module:attribute`) or remove {spec!r} from MINIAGENT_SERVER_PASSTHROUGH_MODELS."
+            )
+        try:
+            model = models.resolve(spec, settings)
+        except UserError as exc:
+            raise UserError(
+                f"The pass-through model {spec!r} (MINIAGENT_SERVER_PASSTHROUGH_MODELS) cannot be served: {exc}"
+            ) from exc
+        served[spec] = Agent(model, name=spec)
+    return served

@@ -17,7 +17,7 @@ from .._utils import SYSTEM_CLOCK, Clock
 from .._version import __version__
 from ..agent import Agent
 from ..errors import UserError
-from ._agents import build_registry
+from ._agents import build_passthrough, build_registry
 from ._auth import Authenticator
 from ._errors import install_error_handlers
 from ._middleware import EdgeMiddleware, http_metrics
@@ -147,6 +147,7 @@ def build_app(
     settings = settings if settings is not None else get_settings()
     clock = clock or SYSTEM_CLOCK
     registry = build_registry(agents, settings)
+    passthrough = build_passthrough(settings, registry)
     database_url = store.url if store is not None else default_database_url(settings)
     pepper = resolve_pepper(settings, database_url)
     jwt_verifier = None
@@ -175,6 +176,7 @@ def build_app(
         health=HealthProbes(settings, registry=health_registry, cache_s=settings.readyz_cache_s, clock=clock),
         metrics_registry=metrics,
         clock=clock,
+        passthrough=passthrough,
     )
     redis_url = redis_url or settings.redis_url
 
@@ -292,6 +294,9 @@ async def _running(
         if create_run_manager is not None:
             state.runs = create_run_manager(state)
             stack.push_async_callback(state.runs.aclose)
+        setup_queue = getattr(native, "setup_queue", None) if native is not None else None
+        if setup_queue is not None and state.runs is not None:
+            await setup_queue(state, stack)  # its worker's shutdown runs before the run manager's
         yield
 
 

@@ -206,6 +206,11 @@ class TenantStore:
             raise _run_not_found(run_id)
         return run
 
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        """Cancel a queued run of the principal now, or flag a running one for its worker (404 if not theirs)."""
+        await self.get_run(run_id)
+        return await self.store.request_cancel(run_id, tenant_id=self.tenant_id)
+
     async def events(self, run_id: str, *, after_seq: int = 0) -> list[StoredEvent]:
         """A run's stored events after `after_seq` (resume a stream), or 404 `run_not_found`."""
         await self.get_run(run_id)
@@ -262,6 +267,22 @@ class TenantStore:
         """A page of the principal's threads (most recently active first) and whether more follow."""
         rows = await self.store.list_threads(user_id=self.user_id, tenant_id=self.tenant_id, limit=offset + limit + 1)
         return rows[offset : offset + limit], len(rows) > offset + limit
+
+    async def list_runs_page(
+        self, *, status: RunStatus | None = None, thread_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[RunRecord], bool]:
+        """A page of the principal's runs (newest first; only those in `status`, or of `thread_id`, when given) and
+        whether more follow. A thread that is not the principal's has no runs here (an empty page, not a 404).
+        """  # noqa: D205
+        rows = await self.store.list_runs(
+            user_id=self.user_id,
+            tenant_id=self.tenant_id,
+            status=status,
+            thread_id=thread_id,
+            limit=limit + 1,
+            offset=offset,
+        )
+        return rows[:limit], len(rows) > limit
 
     async def message(self, thread_id: str, message_id: str) -> StoredMessage:
         """One message of a thread of the principal (the last of the path to it), or 404 `message_not_found`."""

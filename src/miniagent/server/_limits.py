@@ -18,12 +18,14 @@ Each API request counts against two subjects, its API key (`key:<id>`, none for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime as dt
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -37,6 +39,10 @@ from ..limits import Admission, BudgetExceeded, LimiterUnavailable, LimitPolicy,
 from ._deps import PrincipalDep, get_state
 from ._errors import ApiError
 from ._state import Principal, ServerState
+
+if TYPE_CHECKING:
+    from ..queue import Job
+    from ..settings import Settings
 
 if TYPE_CHECKING:
     from ..usage import Usage
@@ -135,6 +141,55 @@ def _use_handler() -> Callable[[], None]:
                 _remove_handler = None
 
     return release
+
+
+@contextlib.contextmanager
+def _charging_with(limits: Limits | None, principal: Principal) -> Iterator[None]:
+    charges = _charges.set(limits)
+    who = current_principal.set(principal)
+    try:
+        yield
+    finally:
+        current_principal.reset(who)
+        _charges.reset(charges)
+
+
+def job_principal(job: Job) -> Principal:
+    """The principal a queued run charges: the API key (if any) and the user that queued it."""
+    return Principal(
+        job.tenant_id, job.user_id, frozenset({"chat"}), via="api-key" if job.key_id else "jwt", key_id=job.key_id
+    )
+
+
+def charging(state: ServerState, job: Job) -> AbstractContextManager[None]:
+    """Runs started inside the block charge their usage to the key and user that queued `job`.
+
+    The in-process worker of a server enters it around each run it starts.
+    """
+    return _charging_with(state.extras.get(_EXTRAS_KEY), job_principal(job))
+
+
+def worker_charging(
+    settings: Settings,
+) -> tuple[Callable[[Job], AbstractContextManager[None]], Callable[[], Awaitable[None]]] | None:
+    """For `miniagent worker`: a job context charging runs' usage to the daily budgets, and its closer.
+
+    `None` when no budget or rate limit is configured. Budgets are shared with the servers through Redis.
+    """
+    policy = LimitPolicy.from_settings(settings)
+    if not policy.enabled:
+        return None
+    limits = Limits(policy, limiter_from_settings(settings))
+    release = _use_handler()
+
+    async def close() -> None:
+        try:
+            await limits.settle()
+        finally:
+            release()
+            await limits.limiter.aclose()
+
+    return (lambda job: _charging_with(limits, job_principal(job))), close
 
 
 def subject_keys(principal: Principal) -> tuple[str, ...]:

@@ -1,16 +1,19 @@
 """The OpenAI-compatible API: `POST /v1/chat/completions` and `GET /v1/models`, so every OpenAI SDK is a client.
 
-`model` names a served agent. Each request is one agent run, recorded in the store as the principal's (a run
-without a thread: the conversation lives in the client, which sends it whole each time). The agent's own tools run
-on the server; the client's `tools` are offered to the model too, and a call to one ends the run and comes back as
-`tool_calls` for the client to run. `response_format` `json_object`/`json_schema` makes the answer validated JSON.
+`model` names a served agent, or a pass-through model (`server_passthrough_models`: a plain agent on that model
+string, with no instructions and no tools but the client's). Each request is one agent run, recorded in the store
+as the principal's (a run without a thread: the conversation lives in the client, which sends it whole each time).
+The agent's own tools run on the server; the client's `tools` are offered to the model too, and a call to one ends
+the run and comes back as `tool_calls` for the client to run. `response_format` `json_object`/`json_schema` makes
+the answer validated JSON.
 
 Streaming (`stream: true`) sends `chat.completion.chunk` events: the role, the text as it is generated, the client's
 tool calls, a last chunk with the finish reason, the usage (with `stream_options.include_usage`), then
 `data: [DONE]`. When the model's stream breaks off and the resilience layer restarts it (a retry or a fallback model)
 after text of that step was already sent, the answer cannot be corrected (the protocol has no way to take text back):
 the stream ends with an error event instead of mixing two attempts. A restart before any text of the step was sent
-is invisible to the client.
+is invisible to the client. A stream that has nothing to send for `sse_heartbeat_s` seconds sends a `: keep-alive`
+comment (which SSE clients ignore).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
@@ -68,8 +71,10 @@ from ._openai_convert import (
 )
 from ._openai_types import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList, ModelObject
 from ._openapi import sse_content
+from ._sse import SseResponse
 
 if TYPE_CHECKING:
+    from ..agent import Agent
     from ..messages import ModelResponse, ToolCallPart
     from ..store import RunStatus
     from ._state import ServerState
@@ -84,7 +89,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "The request is invalid (OpenAI's `invalid_request_error`)."),
         (401, "Missing or invalid credentials."),
         (403, "The credentials lack the `chat` scope."),
-        (404, "No served agent has that name (`model_not_found`)."),
+        (404, "No served agent or pass-through model has that name (`model_not_found`)."),
         (429, "A rate limit or budget was reached, or the model's provider limited us."),
         (502, "The model's provider failed."),
         (503, "The model's provider is unavailable (its circuit breaker is open)."),
@@ -124,32 +129,55 @@ def _created(state: ServerState) -> int:
     return created
 
 
+OWNED_BY_AGENT = "miniagent"
+"""The `owned_by` of a served agent in `GET /v1/models`."""
+OWNED_BY_PASSTHROUGH = "miniagent-passthrough"
+"""The `owned_by` of a pass-through model (`server_passthrough_models`) in `GET /v1/models`."""
+
+
 def _model(state: ServerState, name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": _created(state), "owned_by": "miniagent"}
+    owner = OWNED_BY_AGENT if name in state.agents else OWNED_BY_PASSTHROUGH
+    return {"id": name, "object": "model", "created": _created(state), "owned_by": owner}
+
+
+def _model_names(state: ServerState) -> list[str]:
+    """The models of `/v1`: the served agents, then the pass-through models."""
+    return [*state.agents.names(), *state.passthrough]
 
 
 def _not_found(state: ServerState, name: str) -> ApiError:
-    names = state.agents.names()
+    names = _model_names(state)
     return ApiError(
         404,
         "model_not_found",
-        f"The model {name[:200]!r} does not exist: models are the served agents "
+        f"The model {name[:200]!r} does not exist: models are the served agents and pass-through models "
         f"({', '.join(repr(n) for n in names) or 'none'}); see GET /v1/models.",
         param="model",
     )
 
 
+def _served(state: ServerState, name: str) -> Agent[Any, Any]:
+    """The agent that answers for the model `name` (a served agent, or a pass-through model's), or 404."""
+    if name in state.agents:
+        return state.agents.get(name)
+    passthrough = state.passthrough.get(name)
+    if passthrough is None:
+        raise _not_found(state, name)
+    return passthrough
+
+
 @router.get("/models", response_model=ModelList, responses={k: _ERRORS[k] for k in (401, 403)})
 async def list_models(state: StateDep) -> dict[str, Any]:
-    """The served agents, one model each: pass an agent's name as `model`."""
-    return {"object": "list", "data": [_model(state, name) for name in state.agents.names()]}
+    """The served agents (`owned_by: miniagent`), then the pass-through models (`owned_by: miniagent-passthrough`):
+    pass an entry's `id` as `model`.
+    """  # noqa: D205
+    return {"object": "list", "data": [_model(state, name) for name in _model_names(state)]}
 
 
-@router.get("/models/{model_id}", response_model=ModelObject, responses={k: _ERRORS[k] for k in (401, 403, 404)})
+@router.get("/models/{model_id:path}", response_model=ModelObject, responses={k: _ERRORS[k] for k in (401, 403, 404)})
 async def get_model(model_id: str, state: StateDep) -> dict[str, Any]:
-    """One served agent, as a model."""
-    if model_id not in state.agents:
-        raise _not_found(state, model_id)
+    """One served agent or pass-through model, as a model (a model string may hold `/`)."""
+    _served(state, model_id)
     return _model(state, model_id)
 
 
@@ -159,17 +187,16 @@ async def get_model(model_id: str, state: StateDep) -> dict[str, Any]:
     responses={
         200: {
             "description": "The answer; with `stream: true`, server-sent `chat.completion.chunk` events ending with "
-            '`data: [DONE]` (an error after the stream started is sent as a `data: {"error": ...}` event).',
+            '`data: [DONE]` (an error after the stream started is sent as a `data: {"error": ...}` event; a quiet '
+            "spell of `MINIAGENT_SSE_HEARTBEAT_S` seconds gets a `: keep-alive` comment).",
             "content": sse_content(),
         },
         **_ERRORS,
     },
 )
 async def chat_completions(body: ChatCompletionRequest, state: StateDep, tenant: TenantStoreDep) -> Response:
-    """Answer a conversation with a served agent (`model`), whole or streamed (`stream: true`)."""
-    if body.model not in state.agents:
-        raise _not_found(state, body.model)
-    served = state.agents.get(body.model)
+    """Answer a conversation with a served agent or pass-through model (`model`), whole or streamed (`stream: true`)."""
+    served = _served(state, body.model)
     try:
         served.resolve_model()
     except UserError:  # the server's configuration, not the request: the detail goes to the logs only
@@ -183,10 +210,8 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep, tenant:
         _log.debug("chat completion for end user %r of %s/%s", body.user, tenant.tenant_id, tenant.user_id)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _stream(plan, log, body.model, include_usage=include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        return SseResponse(
+            _stream(plan, log, body.model, include_usage=include_usage), heartbeat_s=state.settings.sse_heartbeat_s
         )
     return JSONResponse(await _answer(plan, log, body.model))
 
@@ -349,6 +374,11 @@ async def _stream(plan: RunPlan, log: _RunLog, model: str, *, include_usage: boo
                         yield _error_event(_restart_error(event, sent[event.step]))
                         return  # leaving the block cancels the run, recorded as cancelled
                     elif isinstance(event, ModelResponseReceived):
+                        text = event.response.text
+                        if plan.structured == "text" and text and not sent.get(event.step):
+                            # A model that does not stream (`supports_streaming` false) gives its text whole.
+                            sent[event.step] = len(text)
+                            yield _sse(chunk(log.completion_id, created, model, {"content": text}))
                         calls = [c for c in event.response.tool_calls if c.tool_name in plan.client_tools]
                         if calls:
                             yield _sse(chunk(log.completion_id, created, model, {"tool_calls": tool_call_dicts(calls)}))

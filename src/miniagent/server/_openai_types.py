@@ -254,7 +254,7 @@ class ChatCompletionRequest(_Open):
     """`POST /v1/chat/completions`: the conversation so far, and how to answer."""
 
     model: str = Field(min_length=1)
-    """The name of a served agent (see `GET /v1/models`)."""
+    """A served agent's name or a pass-through model's string (see `GET /v1/models`)."""
     messages: list[ChatMessage] = Field(min_length=1)
     """The conversation; the last message is the user's (or tool results the client ran)."""
     tools: list[FunctionTool] | None = None
@@ -361,7 +361,7 @@ class ChatCompletion(BaseModel):
     created: int
     """When it was created, in seconds since the epoch."""
     model: str
-    """The agent that answered."""
+    """The agent (or pass-through model) that answered."""
     choices: list[Choice]
     """The one answer."""
     usage: CompletionUsage
@@ -417,7 +417,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     """When the answer started."""
     model: str
-    """The agent."""
+    """The agent (or pass-through model)."""
     choices: list[ChunkChoice]
     """The new piece (empty in the usage chunk)."""
     usage: CompletionUsage | None = None
@@ -427,25 +427,25 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelObject(BaseModel):
-    """A served agent, as OpenAI's API lists a model."""
+    """A served agent or a pass-through model, as OpenAI's API lists a model."""
 
     id: str
-    """The agent's name: pass it as `model`."""
+    """The agent's name, or the pass-through model's string (`openai:gpt-4o-mini`): pass it as `model`."""
     object: Literal["model"]
     """Always `model`."""
     created: int
     """When the server started, in seconds since the epoch."""
     owned_by: str
-    """Always `miniagent`."""
+    """`miniagent` for an agent, `miniagent-passthrough` for a pass-through model."""
 
 
 class ModelList(BaseModel):
-    """The served agents."""
+    """The served agents, then the pass-through models."""
 
     object: Literal["list"]
     """Always `list`."""
     data: list[ModelObject]
-    """One entry per agent."""
+    """One entry per agent, then one per pass-through model."""
 
 
 class ErrorDetail(BaseModel):

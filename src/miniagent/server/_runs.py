@@ -32,6 +32,7 @@ from ..errors import MiniAgentError
 if TYPE_CHECKING:
     from ..agent import Agent
     from ..agent._result import RunResult
+    from ..context import Handback
     from ..events import AgentEvent
     from ..store import SQLStore
 
@@ -94,6 +95,12 @@ class RunRequest:
     """The user it runs for."""
     thread_id: str | None = None
     """The thread to continue; `None` starts a new one."""
+    run_id: str | None = None
+    """Continue the run recorded under this id (a queued run a worker claimed); `None` records a new run."""
+    base_seq: int = 0
+    """The sequence number of the run's last event already stored (a run taken over goes on after it)."""
+    via_queue: bool = False
+    """A queued run: interrupted at shutdown, it is handed back to the queue (not recorded `interrupted`)."""
 
 
 @dataclass(eq=False)
@@ -122,6 +129,8 @@ class RunHandle:
     """Set once the run is recorded in the store (or its task ended before that)."""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     """Cancels the run's task."""
+    handback: Handback | None = None
+    """Set while the run's task runs: `requested` makes a cancellation hand the run back (nothing recorded)."""
     _subscribers: list[MemoryObjectSendStream[SequencedEvent]] = field(
         default_factory=list[MemoryObjectSendStream[SequencedEvent]]
     )
@@ -130,6 +139,11 @@ class RunHandle:
     def terminal(self) -> bool:
         """Whether the run's last event (finished, failed or cancelled) has been emitted."""
         return bool(self.events) and self.events[-1][1].kind in TERMINAL_KINDS
+
+    @property
+    def base_seq(self) -> int:
+        """The sequence number of the run's last event stored before this process took it (0 for a new run)."""
+        return self.request.base_seq
 
     @property
     def tenant_id(self) -> str:
@@ -143,16 +157,16 @@ class RunHandle:
 
     async def sink(self, event: AgentEvent) -> None:
         """The run's event sink: number the event, keep it, hand it to every subscriber (never blocks the run)."""
-        if self.run_id is None:
+        if not self.events:
             from ..context import current_run
 
             scope = current_run()
-            self.run_id = getattr(event, "run_id", None)
+            self.run_id = self.run_id or getattr(event, "run_id", None)
             self.thread_id = scope.thread_id if scope is not None else self.request.thread_id
         elif len(self.events) == 1:
             # The second event comes after the recorder committed the run's row and first request: the run exists.
             self.started.set()
-        seq = len(self.events) + 1
+        seq = self.request.base_seq + len(self.events) + 1
         self.events.append((seq, event))
         for stream in list(self._subscribers):
             try:
@@ -162,6 +176,16 @@ class RunHandle:
                 self._unsubscribe(stream)
         if event.kind in TERMINAL_KINDS:
             self._close_subscribers()
+
+    def interrupt(self) -> None:
+        """Stop the run at shutdown.
+
+        A queued run is handed back (nothing recorded); any other is cancelled and recorded `interrupted`.
+        """
+        self.interrupted = True
+        if self.request.via_queue and self.handback is not None:
+            self.handback.requested = True
+        self.scope.cancel()
 
     def _unsubscribe(self, stream: MemoryObjectSendStream[SequencedEvent]) -> None:
         if stream in self._subscribers:
@@ -309,8 +333,10 @@ class RunManager:
             busy = self._threads.get(request.thread_id)
             if busy is not None and not busy.done.is_set():
                 raise ThreadBusy(request.thread_id, busy.run_id or "(starting)")
-        handle = RunHandle(request)
+        handle = RunHandle(request, run_id=request.run_id)
         self._handles.add(handle)
+        if request.run_id is not None:
+            self._runs[request.run_id] = handle
         if request.thread_id is not None:
             self._threads[request.thread_id] = handle
         # A task of its own (not a task group's): the run outlives the request that started it; the task copies the
@@ -325,15 +351,19 @@ class RunManager:
         request = handle.request
 
         async def sink(event: AgentEvent) -> None:
-            first = handle.run_id is None
+            first = not handle.events
             await handle.sink(event)
             if first and handle.run_id is not None:
                 self._runs[handle.run_id] = handle
                 if handle.thread_id is not None and request.thread_id is None:
                     self._threads[handle.thread_id] = handle
 
+        from ..context import handback_scope
+
         try:
-            with handle.scope:
+            with handle.scope, handback_scope() as handle.handback:
+                # Interrupted before its task got here: the cancellation already pending is a hand-back too.
+                handle.handback.requested = handle.interrupted and request.via_queue
                 try:
                     handle.result = await request.agent.run(
                         request.prompt,
@@ -341,12 +371,13 @@ class RunManager:
                         user_id=request.user_id,
                         store=request.store,
                         event_sink=sink,
+                        run_id=request.run_id,
                     )
                 except Exception as exc:  # the run's failure is recorded by its recorder; kept for the caller
                     handle.error = exc
             if handle.scope.cancelled_caught:
                 handle.cancelled = True
-            if handle.interrupted and handle.run_id is not None:
+            if handle.interrupted and handle.run_id is not None and not request.via_queue:
                 with anyio.CancelScope(shield=True):
                     await self._mark_interrupted(handle)
         finally:
@@ -399,8 +430,7 @@ class RunManager:
                 await handle.done.wait()
         left = [h for h in self._handles if not h.done.is_set()]
         for handle in left:
-            handle.interrupted = True
-            handle.scope.cancel()
+            handle.interrupt()
         for handle in left:
             await handle.done.wait()
         # `done` is set in the task's `finally`; await the tasks themselves too, so that when this returns no run task

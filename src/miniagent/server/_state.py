@@ -166,6 +166,9 @@ class ServerState:
     """Awaited at shutdown, last added first (before the store closes)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Room for the server's parts to keep their own objects, keyed by a name of theirs."""
+    passthrough: dict[str, Agent[Any, Any]] = field(default_factory=dict)
+    """The pass-through models of the OpenAI-compatible API (`server_passthrough_models`): a plain agent on each
+    model, keyed by its model string; the native API does not serve them."""
     _store: SQLStore | None = None
 
     @property

@@ -41,8 +41,9 @@ DEFAULT_TENANT = "default"
 DEFAULT_USER = "default"
 """The user of runs that name none."""
 
-RunStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
-"""A run's state: `interrupted` means its process died mid-run (found by `recover_interrupted`)."""
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+"""A run's state: `queued` waits in the job queue for a worker; `interrupted` means its process died mid-run (found
+by `recover_interrupted`)."""
 
 Now = Callable[[], dt.datetime]
 """A clock returning aware UTC datetimes; tests inject a fixed or advancing one."""
@@ -159,6 +160,12 @@ class RunRecord:
     """The agent that ran."""
     replay_of: str | None = None
     """For a replay of a dead letter: the run it ran again."""
+    via_queue: bool = False
+    """A background run executed by a worker from the job queue."""
+    attempts: int = 0
+    """Times a worker claimed it (more than 1: taken over after a worker stopped, or handed back at shutdown)."""
+    cancel_requested: bool = False
+    """A client asked to cancel it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -23,11 +24,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ApiKeyRow",
+    "ToolIntentRow",
     "Base",
     "DeadLetterRow",
     "FeedbackRow",
@@ -113,6 +116,7 @@ class RunRow(Base):
         Index("ix_runs_status", "status"),
         Index("ix_runs_thread", "thread_id"),
         Index("ix_runs_correlation", "correlation_id"),
+        UniqueConstraint("tenant_id", "user_id", "idempotency_key", name="uq_runs_idempotency"),
     )
     id: Mapped[str] = mapped_column(_ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(_ID)
@@ -130,6 +134,33 @@ class RunRow(Base):
     correlation_id: Mapped[str | None] = mapped_column(String(200))
     agent_name: Mapped[str | None] = mapped_column(String(200))
     replay_of: Mapped[str | None] = mapped_column(_ID)
+    via_queue: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """A background run executed by a worker from the job queue (left alone by `recover_interrupted`)."""
+    prompt: Mapped[str | None] = mapped_column(Text)
+    """A queued run's user message until its worker commits it to the thread (then cleared)."""
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    """The worker running it."""
+    lease_until: Mapped[dt.datetime | None] = mapped_column(_TS)
+    """Until when that worker holds it (renewed while it runs); past it, another worker takes it over."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Times a worker claimed it."""
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """A client asked to cancel it (its worker sees it when it renews its lease)."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    """The client's `Idempotency-Key`: a second request with it gets this run instead of a new one."""
+
+
+class ToolIntentRow(Base):
+    """A non-idempotent tool call about to run, committed before it runs: a worker that takes the run over after a
+    crash knows the call may have had its effect, and fails the run instead of repeating it.
+    """  # noqa: D205
+
+    __tablename__ = "tool_intents"
+    run_id: Mapped[str] = mapped_column(_ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    tool_call_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    tool_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(_TS)
 
 
 class RunEventRow(Base):

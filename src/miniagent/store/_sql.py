@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 import socket
@@ -40,6 +41,7 @@ from ._dead_letters import DeadLettersMixin, dead_letter_row
 from ._feedback import FeedbackMixin
 from ._models import MessageRow, RunEventRow, RunRow, TenantRow, ThreadRow, UserRow
 from ._profiles import ProfilesMixin
+from ._queued import QueuedRunsMixin, run_record
 from ._usage import ModelUsage, UsageMixin
 
 if TYPE_CHECKING:
@@ -59,13 +61,7 @@ def default_database_url(settings: Settings) -> str:
     """`MINIAGENT_DATABASE_URL`, else a SQLite file under `MINIAGENT_DATA_DIR` or the user data dir."""
     if settings.database_url:
         return settings.database_url
-    if settings.data_dir is not None:
-        data_dir = settings.data_dir
-    else:
-        import platformdirs
-
-        data_dir = Path(platformdirs.user_data_dir("miniagent", appauthor=False))
-    return f"sqlite+aiosqlite:///{data_dir / 'miniagent.db'}"
+    return f"sqlite+aiosqlite:///{settings.resolved_data_dir() / 'miniagent.db'}"
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -90,7 +86,7 @@ def _preview(message: ModelMessage) -> str:
     return ""
 
 
-class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, FeedbackMixin):
+class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, FeedbackMixin, QueuedRunsMixin):
     """The store on a SQL database: SQLite (embedded default) or PostgreSQL. One instance belongs to one event loop.
 
     Every method runs in one transaction: when it raises, nothing of it was written. Writes on SQLite take the write
@@ -220,6 +216,16 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
                 raise
         return store
 
+    def for_tenant(self, tenant_id: str) -> SQLStore:
+        """This store as `tenant_id` sees it: the same engine and connections, another tenant (never close it)."""
+        if not tenant_id or len(tenant_id) > 64:
+            raise UserError(f"A tenant id must be a non-empty string of at most 64 characters, got {tenant_id!r}.")
+        if tenant_id == self.tenant_id:
+            return self
+        view = copy.copy(self)
+        view.tenant_id = tenant_id
+        return view
+
     async def close(self) -> None:
         """Close every connection."""
         await self.engine.dispose()
@@ -323,16 +329,27 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
             async with self._errors(), self._sessions() as session, session.begin():
                 yield session
 
+    async def _insert_missing(self, session: AsyncSession, model: Any, values: dict[str, Any]) -> None:
+        """Insert a row unless one with its key exists (concurrent first writes of a tenant or user both pass)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            await session.execute(pg_insert(model).values(**values).on_conflict_do_nothing())
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            await session.execute(sqlite_insert(model).values(**values).on_conflict_do_nothing())
+
     async def _ensure_tenant(self, session: AsyncSession, tenant_id: str) -> None:
         if await session.get(TenantRow, tenant_id) is None:
-            session.add(TenantRow(id=tenant_id, name=None, retention_days=None, created_at=self.now()))
-            await session.flush()
+            values = {"id": tenant_id, "name": None, "retention_days": None, "created_at": self.now()}
+            await self._insert_missing(session, TenantRow, values)
 
     async def _ensure_user(self, session: AsyncSession, tenant_id: str, user_id: str) -> None:
         await self._ensure_tenant(session, tenant_id)
         if await session.get(UserRow, (tenant_id, user_id)) is None:
-            session.add(UserRow(tenant_id=tenant_id, id=user_id, created_at=self.now()))
-            await session.flush()
+            values = {"tenant_id": tenant_id, "id": user_id, "created_at": self.now()}
+            await self._insert_missing(session, UserRow, values)
 
     async def _thread(self, session: AsyncSession, thread_id: str, user_id: str, tenant_id: str) -> ThreadRow:
         row = await session.get(ThreadRow, thread_id)
@@ -582,7 +599,7 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
         status: RunStatus | None = None,
         error: str | None = None,
     ) -> None:
-        values: dict[str, Any] = {"updated_at": now}
+        values: dict[str, Any] = {"updated_at": now, "prompt": None}  # a queued run's prompt is in the thread now
         if steps is not None:
             values["steps"] = steps
         if usage is not None:
@@ -736,8 +753,12 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
         correlation_id: str | None = None,
         agent_name: str | None = None,
         replay_of: str | None = None,
+        adopt: bool = False,
     ) -> None:
         """Record a run as `running` (owned by this process, so `recover_interrupted` can tell a dead one).
+
+        With `adopt`, a run already recorded under `run_id` (a queued run its worker has claimed) is continued
+        instead of inserted.
 
         Args:
             run_id: The run's id.
@@ -747,6 +768,7 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
             correlation_id: The request's correlation id.
             agent_name: The agent that runs.
             replay_of: The run it replays (a dead letter's run), if any.
+            adopt: Continue the run recorded under `run_id` if there is one (a claimed queued run).
         """
         tenant = tenant_id or self.tenant_id
         now = self.now()
@@ -755,6 +777,17 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
                 await self._thread(session, thread_id, user_id, tenant)
             else:
                 await self._ensure_tenant(session, tenant)
+            existing = await session.get(RunRow, run_id) if adopt else None
+            if existing is not None:
+                if existing.tenant_id != tenant or existing.status != "running" or existing.thread_id != thread_id:
+                    raise StoreError(
+                        f"Run {run_id!r} cannot be continued here: it is {existing.status!r} (a worker continues a "
+                        "run only once it has claimed it, on its own thread)."
+                    )
+                existing.correlation_id = existing.correlation_id or correlation_id
+                existing.agent_name = agent_name[:200] if agent_name else existing.agent_name
+                existing.updated_at = now
+                return
             session.add(
                 RunRow(
                     id=run_id,
@@ -891,6 +924,10 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
                     session, model_usage, tenant_id=tenant, user_id=user_id, thread_id=None, run_id=run_id, now=now
                 )
 
+    @staticmethod
+    def _run_record(row: RunRow) -> RunRecord:
+        return run_record(row)
+
     @traced("get_run")
     async def get_run(self, run_id: str, *, tenant_id: str | None = None) -> RunRecord:
         """A run's record, or `ThreadNotFound`."""
@@ -898,20 +935,28 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
             row = await session.get(RunRow, run_id)
             if row is None or row.tenant_id != (tenant_id or self.tenant_id):
                 raise ThreadNotFound(f"No run {run_id!r}: check the id.")
-            return RunRecord(
-                row.id,
-                thread_id=row.thread_id,
-                status=cast(RunStatus, row.status),
-                steps=row.steps,
-                usage=Usage(**row.usage),
-                error=row.error,
-                created_at=_aware(row.created_at),
-                finished_at=_aware(row.finished_at) if row.finished_at else None,
-                user_id=row.user_id,
-                correlation_id=row.correlation_id,
-                agent_name=row.agent_name,
-                replay_of=row.replay_of,
-            )
+            return self._run_record(row)
+
+    @traced("list_runs")
+    async def list_runs(
+        self,
+        *,
+        user_id: str = DEFAULT_USER,
+        tenant_id: str | None = None,
+        status: RunStatus | None = None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """The user's runs, newest first: all of them, or those in `status`, or of `thread_id` (or both)."""
+        query = select(RunRow).where(RunRow.tenant_id == (tenant_id or self.tenant_id), RunRow.user_id == user_id)
+        if status is not None:
+            query = query.where(RunRow.status == status)
+        if thread_id is not None:
+            query = query.where(RunRow.thread_id == thread_id)
+        query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit).offset(offset)
+        async with self._session() as session:
+            return [self._run_record(row) for row in await session.scalars(query)]
 
     @traced("events")
     async def events(self, run_id: str, *, after_seq: int = 0, tenant_id: str | None = None) -> list[StoredEvent]:
@@ -937,7 +982,13 @@ class SQLStore(ProfilesMixin, DeadLettersMixin, UsageMixin, ApiKeysMixin, Feedba
         """
         host, me = socket.gethostname(), os.getpid()
         async with self._session() as session:
-            rows = list(await session.execute(select(RunRow.id, RunRow.owner).where(RunRow.status == "running")))
+            rows = list(
+                await session.execute(
+                    select(RunRow.id, RunRow.owner).where(
+                        RunRow.status == "running", RunRow.via_queue.is_not(True)
+                    )  # a queued run's worker lease decides, not its process
+                )
+            )
             dead = [run_id for run_id, owner in rows if all_owners or _owner_dead(owner, host, me)]
             if dead:
                 await session.execute(

@@ -15,6 +15,7 @@ from fastapi import APIRouter
 
 from .._runs import RunManager
 from ._me import router as _me_router
+from ._queue import setup_queue
 from ._run_routes import router as _run_router
 from ._threads import router as _threads_router
 from ._ws import router as _ws_router
@@ -22,7 +23,7 @@ from ._ws import router as _ws_router
 if TYPE_CHECKING:
     from .._state import ServerState
 
-__all__ = ["create_run_manager", "router", "ws_router"]
+__all__ = ["create_run_manager", "router", "setup_queue", "ws_router"]
 
 router = APIRouter(prefix="/api/v1")
 """The native HTTP routes (included by `create_app`, with the rate limits)."""

@@ -14,7 +14,16 @@ if TYPE_CHECKING:
     from .._deps import TenantStore
     from .._state import ServerState
 
-__all__ = ["ID_PATTERN", "NOT_FOUND", "agent_for", "check_idle", "jsonable", "run_manager", "start_run"]
+__all__ = [
+    "ID_PATTERN",
+    "NOT_FOUND",
+    "agent_for",
+    "check_idle",
+    "check_thread_idle",
+    "jsonable",
+    "run_manager",
+    "start_run",
+]
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 """What an id in a path looks like (anything else is a 422, never a query)."""
@@ -51,6 +60,23 @@ def check_idle(state: ServerState, thread_id: str) -> None:
             )
 
 
+async def check_thread_idle(state: ServerState, tenant: TenantStore, thread_id: str) -> None:
+    """409 `thread_busy` when a run is in progress on the thread here, or queued / running in a worker."""
+    check_idle(state, thread_id)
+    try:
+        busy = await tenant.store.queued_run_on(thread_id, tenant_id=tenant.tenant_id)
+    except StoreError:
+        raise ApiError(503, "store_unavailable", "The server's store is unavailable; retry later.") from None
+    if busy is not None:
+        raise ApiError(
+            409,
+            "thread_busy",
+            f"Run {busy!r} is queued or in progress on this thread: wait for it or cancel it "
+            f"(POST /api/v1/runs/{busy}/cancel), then retry.",
+            extra={"run_id": busy},
+        )
+
+
 def agent_for(state: ServerState, name: str | None) -> Agent[Any, Any]:
     """The agent called `name` (default: the first served agent), or 404 `agent_not_found`."""
     if name is None:
@@ -59,6 +85,14 @@ def agent_for(state: ServerState, name: str | None) -> Agent[Any, Any]:
             raise ApiError(404, "agent_not_found", "This server serves no agent: configure MINIAGENT_SERVER_AGENTS.")
         name = names[0]
     return state.agents.get(name)
+
+
+def _name_of(state: ServerState, agent: Agent[Any, Any]) -> str:
+    """The name `agent` is served under (what a worker looks it up by)."""
+    for name in state.agents.names():
+        if state.agents.get(name) is agent:
+            return name
+    return agent.name
 
 
 def jsonable(value: Any) -> Any:
@@ -87,6 +121,7 @@ async def start_run(
     thread_id: str | None,
     background: bool,
     include_ids: frozenset[str] = frozenset(),
+    idempotency_key: str | None = None,
 ) -> tuple[int, RunOut]:
     """Start a run for the principal; background: `(202, the run)` once it is recorded, else `(200, its result)`.
 
@@ -101,8 +136,23 @@ async def start_run(
         thread_id: The thread to continue (`None`: a new one).
         background: Return at once with `202`.
         include_ids: Messages written before the run to list in the answer with the run's own (an edited message).
+        idempotency_key: For a background run: a key the user already sent returns that run, not a new one.
     """
     runs = run_manager(state)
+    from ._queue import enqueue_run, queue_state
+
+    if thread_id is not None and not include_ids and idempotency_key is None:  # (an edit checked before it branched)
+        await check_thread_idle(state, tenant, thread_id)
+    if background and queue_state(state) is not None:
+        return 202, await enqueue_run(
+            state,
+            tenant,
+            agent=agent,
+            agent_name=_name_of(state, agent),
+            prompt=prompt,
+            thread_id=thread_id,
+            idempotency_key=idempotency_key,
+        )
     request = RunRequest(
         agent,
         prompt,

@@ -30,8 +30,10 @@ __all__ = [
     "ProfileOut",
     "RegenerateIn",
     "RunIn",
+    "RunList",
     "RunOut",
     "RunResumeIn",
+    "RunState",
     "ThreadDetail",
     "ThreadList",
     "ThreadOut",
@@ -297,7 +299,7 @@ class BranchList(BaseModel):
     """The branches."""
 
 
-RunState = Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
+RunState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
 class RunOut(BaseModel):
@@ -310,7 +312,8 @@ class RunOut(BaseModel):
     agent: str | None
     """The agent that runs."""
     status: RunState
-    """`running`, `succeeded`, `failed`, `cancelled` (by a client) or `interrupted` (server shutdown or crash)."""
+    """`queued` (waits for a worker), `running`, `succeeded`, `failed`, `cancelled` (by a client) or `interrupted`
+    (server shutdown or crash)."""
     steps: int
     """Model requests made so far."""
     usage: UsageOut
@@ -348,6 +351,19 @@ class RunOut(BaseModel):
             output=output,
             messages=messages,
         )
+
+
+class RunList(BaseModel):
+    """A page of runs, newest first."""
+
+    data: list[RunOut]
+    """The runs (without `output` and `messages`: see a run's thread)."""
+    limit: int
+    """The page size asked for."""
+    offset: int
+    """Runs skipped before this page."""
+    has_more: bool
+    """Whether another page follows (ask with `offset + limit`)."""
 
 
 class FeedbackOut(BaseModel):

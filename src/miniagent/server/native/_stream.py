@@ -97,28 +97,40 @@ async def run_events(
     """The run's events after `after_seq`, in order, until its end (the caller checked it is the principal's).
 
     A run of this process is followed through the run manager: its events so far and then the live ones, in one
-    consistent snapshot. Any other run is read from the store; while it is `running` (in another worker), the store
-    is read again every `poll_interval_s` seconds (its recorder writes once per step).
+    consistent snapshot (a run this process took over from another worker: its earlier events from the store
+    first). Any other run is read from the store; while it is `queued` or `running` (in a worker), the store is read
+    again every `poll_interval_s` seconds (its recorder writes once per step).
     """
-    handle = runs.get(run_id) if runs is not None else None
-    if handle is not None and handle.tenant_id == tenant.tenant_id and handle.user_id == tenant.user_id:
-        follower = handle.follow(after_seq, buffer=runs.follower_buffer if runs is not None else 1000)
-        try:
-            async for item in follower:
-                yield item
-        finally:
-            follower.close()
-        return
     last = after_seq
     while True:
+        handle = runs.get(run_id) if runs is not None else None
+        if handle is not None and handle.tenant_id == tenant.tenant_id and handle.user_id == tenant.user_id:
+            follower = handle.follow(last, buffer=runs.follower_buffer if runs is not None else 1000)
+            try:
+                if last < handle.base_seq:  # a run taken over here: its earlier events are in the store
+                    for stored in await tenant.events(run_id, after_seq=last):
+                        if stored.seq > handle.base_seq:
+                            break
+                        last = follower.last_seq = stored.seq
+                        yield stored.seq, stored.event
+                async for seq, event in follower:
+                    last = seq
+                    yield seq, event
+            finally:
+                follower.close()
+            if handle.terminal:
+                return
+            continue  # handed back to the queue at shutdown: followed from the store again
         record = await tenant.get_run(run_id)  # the state first: events read after a final state are complete
         for stored in await tenant.events(run_id, after_seq=last):
             last = stored.seq
             yield stored.seq, stored.event
             if stored.event.kind in TERMINAL_KINDS:
                 return
-        if record.status != "running":
+        if record.status not in ("running", "queued"):  # a queued run's worker has not started it yet
             return
+        if runs is not None and runs.get(run_id) is not None:
+            continue  # this process's worker has just taken it: follow it live
         await anyio.sleep(poll_interval_s)
 
 

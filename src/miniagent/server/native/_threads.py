@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from .._deps import StateDep, TenantStoreDep, require_scope
 from .._errors import ApiError
-from ._common import ID_PATTERN, NOT_FOUND, agent_for, check_idle, start_run
+from ._common import ID_PATTERN, NOT_FOUND, agent_for, check_thread_idle, start_run
 from ._schemas import (
     BranchList,
     BranchOut,
@@ -82,7 +82,7 @@ async def get_thread(thread_id: ThreadId, tenant: TenantStoreDep) -> ThreadDetai
 async def delete_thread(thread_id: ThreadId, tenant: TenantStoreDep, state: StateDep) -> Response:
     """Delete a thread with its messages, runs, events and feedback."""
     await tenant.get_thread(thread_id)
-    check_idle(state, thread_id)
+    await check_thread_idle(state, tenant, thread_id)
     await tenant.delete_thread(thread_id)
     return Response(status_code=204)
 
@@ -138,7 +138,7 @@ async def edit_message(
         )
     parts = [p for p in message.parts if not isinstance(p, UserPromptPart)]  # keeps the agent's system parts
     edited = replace(message, parts=[*parts, UserPromptPart(body.content)])
-    check_idle(state, thread_id)
+    await check_thread_idle(state, tenant, thread_id)
     new_id = await tenant.edit_message(thread_id, message_id, edited)
     status, run = await start_run(
         state,
@@ -174,7 +174,7 @@ async def regenerate(
         raise ApiError(
             422, "not_regenerable", f"Message {message_id!r} is not an answer of the agent: regenerate an answer."
         )
-    check_idle(state, thread_id)
+    await check_thread_idle(state, tenant, thread_id)
     await tenant.regenerate(thread_id, message_id)
     status, run = await start_run(
         state, tenant, agent=agent, prompt=None, thread_id=thread_id, background=options.background
@@ -203,6 +203,6 @@ async def switch_branch(
 ) -> ThreadDetail:
     """Make the branch ending at `leaf_id` the current one; returns the thread with that branch's messages."""
     await tenant.get_thread(thread_id)
-    check_idle(state, thread_id)
+    await check_thread_idle(state, tenant, thread_id)
     await tenant.switch(thread_id, leaf_id)
     return await _detail(tenant, thread_id)

@@ -205,6 +205,8 @@ class _Connection:
                             "output": partial.output,
                         }
                     )
+            if local is None and runs is not None:  # a queued run this process's worker took meanwhile
+                local = runs.get(run_id)
             if local is not None:  # its terminal event can come before its task stored the run's end state
                 await local.done.wait()
             record = await tenant.get_run(run_id)
