@@ -71,7 +71,7 @@ def _limits(settings: object) -> Any:
 
 async def _main(settings: object, grace_s: float) -> int:
     from ..observability import configure
-    from ..queue import default_queue_url, open_queue, safe_url
+    from ..queue import default_queue_url, queue_from_settings, safe_url
     from ..server._agents import build_registry
     from ..settings import Settings
     from ..store import SQLStore, default_database_url
@@ -81,12 +81,7 @@ async def _main(settings: object, grace_s: float) -> int:
     registry = build_registry(None, settings)
     agents = {name: registry.get(name) for name in registry.names()}
     url = default_queue_url(settings)
-    queue = open_queue(
-        url,
-        name=settings.queue_name,
-        lease_s=settings.queue_lease_s,
-        max_deliveries=settings.queue_max_deliveries,
-    )
+    queue = queue_from_settings(settings)
     observability = configure(settings=settings)
     limits = None
     try:
@@ -94,14 +89,11 @@ async def _main(settings: object, grace_s: float) -> int:
         await queue.connect()  # QueueUnavailable: a clear error at start, exit 1
         store = await SQLStore.open(default_database_url(settings), settings=settings)
         try:
-            worker = Worker(
+            worker = Worker.from_settings(
                 queue,
                 store,
                 agents,
-                concurrency=settings.worker_concurrency,
-                tenant_cap=settings.worker_tenant_cap,
-                lease_s=settings.queue_lease_s,
-                max_deliveries=settings.queue_max_deliveries,
+                settings,
                 grace_s=grace_s,
                 job_context=limits[0] if limits is not None else None,
             )

@@ -44,6 +44,7 @@ __all__ = [
     "decode_job",
     "default_queue_url",
     "open_queue",
+    "queue_from_settings",
     "queue_kind",
     "safe_url",
 ]
@@ -57,6 +58,21 @@ def default_queue_url(settings: Settings) -> str:
     if settings.queue_url:
         return settings.queue_url
     return f"sqlite:///{settings.resolved_data_dir() / 'queue.db'}"
+
+
+def queue_from_settings(settings: Settings) -> JobQueue:
+    """The queue `settings` name (`queue_url`, `queue_name`, `queue_lease_s`, `queue_max_deliveries`), not connected.
+
+    Raises:
+        UserError: `queue_url` is not a queue URL.
+        OptionalDependencyError: the extra the queue needs is not installed.
+    """
+    return open_queue(
+        default_queue_url(settings),
+        name=settings.queue_name,
+        lease_s=settings.queue_lease_s,
+        max_deliveries=settings.queue_max_deliveries,
+    )
 
 
 def _positive_int(value: object) -> bool:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ..agent import Agent
     from ..queue import Delivery, Job, JobQueue
     from ..server._runs import RunHandle, RunManager
+    from ..settings import Settings
     from ..store import SQLStore
     from ..store._queued import RunClaim
 
@@ -146,6 +147,25 @@ class Worker:
         self._stopped = asyncio.Event()
         self.error: BaseException | None = None
         """Why consuming stopped, if it stopped on an error (the queue failed for good)."""
+
+    @classmethod
+    def from_settings(
+        cls,
+        queue: JobQueue,
+        store: SQLStore,
+        agents: Mapping[str, Agent[Any, Any]],
+        settings: Settings,
+        **options: Any,
+    ) -> Worker:
+        """A worker configured by `settings` (`worker_concurrency`, `worker_tenant_cap`, `queue_lease_s`,
+        `queue_max_deliveries`); `options` add or override constructor arguments (`runs=`, `grace_s=`...)."""  # noqa: D205, D209
+        configured: dict[str, Any] = {
+            "concurrency": settings.worker_concurrency,
+            "tenant_cap": settings.worker_tenant_cap,
+            "lease_s": settings.queue_lease_s,
+            "max_deliveries": settings.queue_max_deliveries,
+        }
+        return cls(queue, store, agents, **{**configured, **options})
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 

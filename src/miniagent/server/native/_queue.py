@@ -71,16 +71,11 @@ async def setup_queue(state: ServerState, stack: AsyncExitStack) -> None:
 
     It runs before the run manager's: the worker hands its runs back first.
     """
-    from ...queue import default_queue_url, open_queue, queue_kind
+    from ...queue import default_queue_url, queue_from_settings, queue_kind
 
     settings = state.settings
     url = default_queue_url(settings)
-    queue = open_queue(
-        url,
-        name=settings.queue_name,
-        lease_s=settings.queue_lease_s,
-        max_deliveries=settings.queue_max_deliveries,
-    )
+    queue = queue_from_settings(settings)
     qs = QueueState(url, queue)
     state.extras[_KEY] = qs
     stack.callback(state.extras.pop, _KEY, None)
@@ -100,17 +95,7 @@ async def setup_queue(state: ServerState, stack: AsyncExitStack) -> None:
     runs = state.runs
     assert isinstance(runs, RunManager)
     agents = {name: state.agents.get(name) for name in state.agents.names()}
-    worker = Worker(
-        queue,
-        state.store,
-        agents,
-        concurrency=settings.worker_concurrency,
-        tenant_cap=settings.worker_tenant_cap,
-        lease_s=settings.queue_lease_s,
-        max_deliveries=settings.queue_max_deliveries,
-        runs=runs,
-        grace_s=runs.grace_s,
-    )
+    worker = Worker.from_settings(queue, state.store, agents, settings, runs=runs, grace_s=runs.grace_s)
     qs.worker = worker
     from .._limits import charging
 
